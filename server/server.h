@@ -1,0 +1,64 @@
+/*
+ * server.h - the quorumfs node: configuration (etcd-style flags), the node
+ * loop that drives Raft, persists to the store and applies entries, and the
+ * entry point used by main().
+ *
+ * Threads: everything in struct server_node runs on one libuv loop thread
+ * except server_submit(), which any thread may call (FUSE workers): it
+ * queues the request and wakes the loop.
+ */
+#ifndef QUORUMFS_SERVER_H
+#define QUORUMFS_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define SERVER_MEMBERS_MAX 16
+#define SERVER_URL_MAX 256
+#define SERVER_NAME_MAX 64
+
+struct server_member {
+    char name[SERVER_NAME_MAX];
+    char peer_url[SERVER_URL_MAX];
+    uint64_t id; /* derived from name, URL and cluster token */
+};
+
+struct server_config {
+    char name[SERVER_NAME_MAX];          /* --name */
+    char data_dir[1024];                 /* --data-dir */
+    char listen_client_urls[1024];       /* --listen-client-urls */
+    char advertise_client_urls[1024];    /* --advertise-client-urls */
+    char listen_peer_urls[1024];         /* --listen-peer-urls */
+    char initial_advertise_peer_urls[1024]; /* --initial-advertise-peer-urls */
+    char initial_cluster_token[256];     /* --initial-cluster-token */
+    bool initial_cluster_existing;       /* --initial-cluster-state existing */
+    size_t n_members;                    /* parsed --initial-cluster */
+    struct server_member members[SERVER_MEMBERS_MAX];
+    unsigned heartbeat_interval_ms;      /* --heartbeat-interval */
+    unsigned election_timeout_ms;        /* --election-timeout */
+    uint64_t snapshot_count;             /* --snapshot-count */
+    uint64_t max_request_bytes;          /* --max-request-bytes */
+    uint64_t quota_backend_bytes;        /* --quota-backend-bytes (0 = default) */
+    unsigned request_timeout_ms;         /* --request-timeout: bound on a write without quorum */
+    char mount[1024];                    /* --mount ("" = do not mount) */
+    char mount_prefix[1024];             /* --mount-prefix */
+    bool mount_linearizable;             /* --mount-consistency=linearizable */
+    char cert_file[1024];                /* --cert-file */
+    char key_file[1024];                 /* --key-file */
+};
+
+/*
+ * Fills cfg from argv (etcd flag names, "--flag value" or "--flag=value").
+ * Returns 0, 1 if --help/--version was printed (exit 0), or -1 with a message
+ * in err.
+ */
+int server_config_parse(struct server_config *cfg, int argc, char **argv, char *err,
+                        size_t errlen);
+void server_config_usage(FILE *out);
+
+/* Runs a node until SIGINT/SIGTERM; returns the process exit code. */
+int server_run(const struct server_config *cfg);
+
+#endif /* QUORUMFS_SERVER_H */
