@@ -1,0 +1,586 @@
+/*
+ * node.c - the quorumfs node loop: one libuv loop on one thread that ticks
+ * Raft, turns submitted requests into proposals, persists every Raft update
+ * in one synced RocksDB write (group commit), applies committed entries to
+ * the store in order, answers the waiter of each applied request and tells
+ * the mount which keys changed so it can drop the kernel's caches.
+ *
+ * Invariants:
+ * - Only the loop thread touches raft, the pending table and the store's
+ *   write side. Other threads hand requests over through `queue` (guarded by
+ *   `mu`) and wake the loop with `wake`.
+ * - A request is answered exactly once: when its entry is applied on this
+ *   node, when its deadline passes (-ETIMEDOUT, the write may still commit
+ *   later, exactly as an etcd client timeout), or at shutdown (-ECANCELED).
+ * - Hard state and entries of an update are persisted before its messages
+ *   are sent (Raft's Ready contract), and before the entries are applied.
+ */
+#define _GNU_SOURCE /* pthread_timedjoin_np */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "fs/fs.h"
+#include "raft/raft.h"
+#include "server/node.h"
+#include "server/server.h"
+#include "store/store.h"
+
+/* Buckets of the pending-request table (a power of two). */
+#define PENDING_BUCKETS 4096u
+/* Most requests queued or in flight at once; more get -EAGAIN. */
+#define PENDING_MAX 65536u
+/* Entries kept behind a log compaction so that a briefly lagging follower
+ * catches up from the log rather than a snapshot (etcd keeps 5000). */
+#define COMPACT_CATCHUP_ENTRIES_MAX 5000u
+
+struct proposal {
+    struct proposal *next;  /* queue link, then bucket link */
+    uint64_t id;
+    void *data;             /* encoded store request (owned) */
+    size_t len;
+    uint64_t deadline_ms;   /* uv_now() based */
+    bool proposed;          /* handed to raft_propose successfully */
+    enum node_origin origin;
+    node_done_cb cb;
+    void *arg;
+};
+
+struct node {
+    const struct server_config *cfg;
+    uv_loop_t loop;
+    uv_timer_t tick_timer;
+    uv_async_t wake;
+    uv_signal_t sig_int, sig_term;
+    uv_async_t fs_exited;
+
+    struct store *store;
+    struct raft *raft;
+    uint64_t id;
+
+    /* Submissions from other threads; protected by mu. */
+    pthread_mutex_t mu;
+    struct proposal *q_head, *q_tail;
+    bool stopping; /* protected by mu: no new submissions */
+    size_t n_outstanding; /* protected by mu: queued + pending */
+
+    /* Loop thread only. */
+    struct proposal *pending[PENDING_BUCKETS];
+    uint64_t next_id;  /* protected by mu */
+    uint64_t last_compact_index;
+    uint64_t leader;
+    bool fatal;        /* an apply or persist failed: stop */
+
+    /* The mount. */
+    struct fs *fs;
+    pthread_t fs_thread;
+    bool fs_started;
+    int fs_rc;
+};
+
+static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logf_(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("quorumfs: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+struct store *node__store(struct node *n) { return n->store; }
+
+int node__errno(int rc) {
+    switch (rc) {
+    case 0: return 0;
+    case STORE_ETOOLARGE: return -EFBIG;
+    case STORE_ENOSPACE: return -ENOSPC;
+    case STORE_EKEYTOOLARGE: return -ENAMETOOLONG;
+    case STORE_EKEYEMPTY: return -EINVAL;
+    case STORE_ENOMEM: return -ENOMEM;
+    case STORE_EKEYNOTFOUND: return -ENOENT;
+    case STORE_ETOOMANYOPS: return -E2BIG;
+    default:
+        if (rc < 0 && rc > -1000) return rc; /* already an errno */
+        return -EIO;
+    }
+}
+
+/* ------------------------------------------------------------ pending */
+
+static struct proposal **bucket(struct node *n, uint64_t id) {
+    return &n->pending[id & (PENDING_BUCKETS - 1)];
+}
+
+static void pending_insert(struct node *n, struct proposal *p) {
+    struct proposal **b = bucket(n, p->id);
+    p->next = *b;
+    *b = p;
+}
+
+static struct proposal *pending_take(struct node *n, uint64_t id) {
+    for (struct proposal **pp = bucket(n, id); *pp; pp = &(*pp)->next) {
+        if ((*pp)->id == id) {
+            struct proposal *p = *pp;
+            *pp = p->next;
+            p->next = NULL;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void proposal_finish(struct node *n, struct proposal *p, int err,
+                            const struct store_result *res) {
+    p->cb(p->arg, err, res);
+    free(p->data);
+    free(p);
+    pthread_mutex_lock(&n->mu);
+    n->n_outstanding--;
+    pthread_mutex_unlock(&n->mu);
+}
+
+int node__submit(struct node *n, struct store_request *req, enum node_origin origin,
+                 node_done_cb cb, void *arg) {
+    struct proposal *p = calloc(1, sizeof *p);
+    if (!p) return -ENOMEM;
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        pthread_mutex_unlock(&n->mu);
+        free(p);
+        return -ECANCELED;
+    }
+    if (n->n_outstanding >= PENDING_MAX) {
+        pthread_mutex_unlock(&n->mu);
+        free(p);
+        return -EAGAIN;
+    }
+    /* Ids are unique per member: the member id's low bits above a counter,
+     * so a request applied from another node's proposal never matches ours. */
+    p->id = (n->id << 40) ^ ++n->next_id;
+    n->n_outstanding++;
+    pthread_mutex_unlock(&n->mu);
+
+    req->id = p->id;
+    int rc = store_request_encode_alloc(req, &p->data, &p->len);
+    if (rc == 0) rc = store_request_check(n->store, p->data, p->len);
+    if (rc) {
+        free(p->data);
+        free(p);
+        pthread_mutex_lock(&n->mu);
+        n->n_outstanding--;
+        pthread_mutex_unlock(&n->mu);
+        return rc;
+    }
+    p->origin = origin;
+    p->cb = cb;
+    p->arg = arg;
+    pthread_mutex_lock(&n->mu);
+    if (n->q_tail)
+        n->q_tail->next = p;
+    else
+        n->q_head = p;
+    n->q_tail = p;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->wake);
+    return 0;
+}
+
+/* ------------------------------------------------------------ raft driver */
+
+static void try_propose(struct node *n, struct proposal *p) {
+    if (p->proposed) return;
+    int rc = raft_propose(n->raft, p->data, p->len);
+    if (rc == 0) {
+        p->proposed = true;
+    } else if (rc != RAFT_ENOLEADER && rc != RAFT_EDROPPED) {
+        /* Not retryable: answer now. */
+        struct proposal *q = pending_take(n, p->id);
+        if (q) proposal_finish(n, q, -EIO, NULL);
+    }
+    /* No leader yet (election under way): retried on every tick until the
+     * deadline. */
+}
+
+static void notify_mount(struct node *n, const struct store_result *res, bool local) {
+    if (!n->fs || !n->fs_started) return;
+    for (size_t i = 0; i < res->n_events; i++) {
+        const struct store_event *ev = &res->events[i];
+        struct fs_change c = {
+            .type = ev->type == STORE_EVENT_PUT ? FS_CHANGE_PUT : FS_CHANGE_DELETE,
+            .key = ev->kv.key.base,
+            .key_len = ev->kv.key.len,
+            .revision = ev->kv.mod_revision,
+            .created = ev->type == STORE_EVENT_PUT && ev->kv.version == 1,
+            .local = local,
+        };
+        fs_notify_change(n->fs, &c);
+    }
+}
+
+static int apply_entry(struct node *n, const struct raft_entry *e) {
+    int rc;
+    if (e->type == RAFT_ENTRY_CONF_CHANGE) {
+        struct raft_conf_change cc;
+        struct raft_conf_state cs;
+        rc = raft_conf_change_decode(e->data.base, e->data.len, &cc);
+        if (rc) {
+            logf_("entry %" PRIu64 ": undecodable configuration change: %s", e->index,
+                  raft_strerror(rc));
+            return store_apply_noop(n->store, e->index);
+        }
+        rc = raft_apply_conf_change(n->raft, &cc, &cs);
+        if (rc) {
+            /* Refused (e.g. removing an unknown member): the entry is applied
+             * and the configuration stays as it was. */
+            struct raft_status st;
+            raft_status(n->raft, &st);
+            cs = st.conf;
+        }
+        return store_apply_conf(n->store, e->index, &cs);
+    }
+    if (e->data.len == 0) return store_apply_noop(n->store, e->index);
+
+    struct store_result *res = NULL;
+    rc = store_apply(n->store, e->index, e->data.base, e->data.len, &res);
+    if (rc) return rc;
+    if (!res) return 0; /* already applied before a restart */
+    struct proposal *p = res->request_id ? pending_take(n, res->request_id) : NULL;
+    notify_mount(n, res, p && p->origin == NODE_ORIGIN_MOUNT);
+    if (p) proposal_finish(n, p, res->err, res);
+    store_result_free(res);
+    return 0;
+}
+
+static void maybe_compact(struct node *n) {
+    uint64_t applied = store_applied_index(n->store);
+    uint64_t every = n->cfg->snapshot_count ? n->cfg->snapshot_count : 1;
+    if (applied < n->last_compact_index + every) return;
+    uint64_t keep = every / 2 < COMPACT_CATCHUP_ENTRIES_MAX ? every / 2
+                                                            : COMPACT_CATCHUP_ENTRIES_MAX;
+    if (applied <= keep) return;
+    int rc = store_raft_compact(n->store, applied - keep);
+    if (rc) {
+        logf_("log compaction at %" PRIu64 " failed: %s", applied - keep, store_strerror(rc));
+        return;
+    }
+    n->last_compact_index = applied;
+}
+
+static void process(struct node *n) {
+    while (!n->fatal && raft_has_update(n->raft)) {
+        struct raft_update u;
+        int rc = raft_get_update(n->raft, &u);
+        if (rc) {
+            logf_("raft: %s", raft_strerror(rc));
+            n->fatal = true;
+            break;
+        }
+        if (u.leader != n->leader) {
+            if (u.leader != RAFT_NONE)
+                logf_("leader is %016" PRIx64 "%s", u.leader, u.leader == n->id ? " (this member)" : "");
+            n->leader = u.leader;
+        }
+        if (u.has_hard_state || u.n_entries) {
+            rc = store_raft_save(n->store, u.has_hard_state ? &u.hard_state : NULL, u.entries,
+                                 u.n_entries, u.must_sync);
+            if (rc) {
+                logf_("persisting the Raft log failed: %s", store_strerror(rc));
+                n->fatal = true;
+                break;
+            }
+        }
+        /* Messages to peers are sent here once the node has peers. */
+        for (size_t i = 0; i < u.n_committed; i++) {
+            rc = apply_entry(n, &u.committed[i]);
+            if (rc) {
+                logf_("applying entry %" PRIu64 " failed: %s", u.committed[i].index,
+                      store_strerror(rc));
+                n->fatal = true;
+                break;
+            }
+        }
+        if (n->fatal) break;
+        raft_advance(n->raft, &u);
+        maybe_compact(n);
+    }
+    if (n->fatal) uv_stop(&n->loop);
+}
+
+static void drain_queue(struct node *n) {
+    pthread_mutex_lock(&n->mu);
+    struct proposal *p = n->q_head;
+    n->q_head = n->q_tail = NULL;
+    pthread_mutex_unlock(&n->mu);
+    uint64_t deadline = uv_now(&n->loop) + n->cfg->request_timeout_ms;
+    while (p) {
+        struct proposal *next = p->next;
+        p->next = NULL;
+        p->deadline_ms = deadline;
+        pending_insert(n, p);
+        try_propose(n, p);
+        p = next;
+    }
+}
+
+static void wake_cb(uv_async_t *h) {
+    struct node *n = h->data;
+    drain_queue(n);
+    process(n);
+}
+
+static void tick_cb(uv_timer_t *t) {
+    struct node *n = t->data;
+    raft_tick(n->raft);
+    uint64_t now = uv_now(&n->loop);
+    for (unsigned b = 0; b < PENDING_BUCKETS; b++) {
+        struct proposal **pp = &n->pending[b];
+        while (*pp) {
+            struct proposal *p = *pp;
+            if (now >= p->deadline_ms) {
+                *pp = p->next;
+                p->next = NULL;
+                proposal_finish(n, p, -ETIMEDOUT, NULL);
+                continue;
+            }
+            try_propose(n, p);
+            if (*pp == p) pp = &p->next;
+        }
+    }
+    process(n);
+}
+
+/* ------------------------------------------------------------ mount */
+
+static void *fs_thread_main(void *arg) {
+    struct node *n = arg;
+    n->fs_rc = fs_run(n->fs);
+    uv_async_send(&n->fs_exited);
+    return NULL;
+}
+
+static void fs_exited_cb(uv_async_t *h) {
+    struct node *n = h->data;
+    if (n->fs_rc) logf_("mount %s ended: %s (%s)", n->cfg->mount, fs_strerror(n->fs_rc),
+                        fs_errmsg(n->fs));
+    uv_stop(&n->loop);
+}
+
+/* A mount left behind by a killed process answers ENOTCONN: detach it. */
+static void clear_stale_mount(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) return;
+    if (errno == ENOTCONN || errno == ECONNABORTED) {
+        if (umount2(dir, MNT_DETACH) == 0)
+            logf_("detached a stale mount at %s", dir);
+    }
+}
+
+static int start_mount(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    clear_stale_mount(cfg->mount);
+    if (mkdir(cfg->mount, 0755) != 0 && errno != EEXIST) {
+        logf_("cannot create mount directory %s: %s", cfg->mount, strerror(errno));
+        return -1;
+    }
+    struct fs_options opt;
+    fs_options_init(&opt);
+    opt.mountpoint = cfg->mount;
+    opt.prefix = cfg->mount_prefix;
+    opt.value_bytes_max = cfg->max_request_bytes;
+    struct fs_backend be;
+    node__fs_backend(n, &be);
+    int rc = fs_new(&opt, &be, &n->fs);
+    if (rc) {
+        logf_("mount %s: %s (%s)", cfg->mount, fs_strerror(rc), n->fs ? fs_errmsg(n->fs) : "");
+        return -1;
+    }
+    n->fs_started = true;
+    if (pthread_create(&n->fs_thread, NULL, fs_thread_main, n) != 0) {
+        n->fs_started = false;
+        logf_("cannot start the mount thread");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void signal_cb(uv_signal_t *s, int signum) {
+    struct node *n = s->data;
+    logf_("received %s, stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_mutex_unlock(&n->mu);
+    if (n->fs_started)
+        fs_stop(n->fs); /* fs_exited_cb stops the loop once unmounted */
+    else
+        uv_stop(&n->loop);
+}
+
+static void cancel_all(struct node *n) {
+    drain_queue(n);
+    for (unsigned b = 0; b < PENDING_BUCKETS; b++) {
+        while (n->pending[b]) {
+            struct proposal *p = n->pending[b];
+            n->pending[b] = p->next;
+            proposal_finish(n, p, -ECANCELED, NULL);
+        }
+    }
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static int open_store(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+        logf_("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
+        return -1;
+    }
+    char path[1100];
+    snprintf(path, sizeof path, "%s/db", cfg->data_dir);
+    struct store_options opt;
+    store_options_init(&opt);
+    opt.data_dir = path;
+    opt.quota_bytes = cfg->quota_backend_bytes;
+    opt.max_request_bytes = cfg->max_request_bytes;
+    char err[512] = "";
+    int rc = store_open(&opt, &n->store, err, sizeof err);
+    if (rc) {
+        logf_("cannot open the store in %s: %s (%s)", path, store_strerror(rc), err);
+        return -1;
+    }
+    /* A new member of a new cluster records the initial configuration. */
+    struct raft_hard_state hs;
+    struct raft_conf_state cs;
+    struct raft_storage *rs = store_raft_storage(n->store);
+    rc = rs->initial_state(rs->data, &hs, &cs);
+    if (rc) {
+        logf_("cannot read the Raft state: %s", store_strerror(rc));
+        return -1;
+    }
+    if (cs.n_voters == 0 && cs.n_learners == 0 && !cfg->initial_cluster_existing) {
+        memset(&cs, 0, sizeof cs);
+        for (size_t i = 0; i < cfg->n_members; i++) cs.voters[cs.n_voters++] = cfg->members[i].id;
+        rc = store_raft_bootstrap(n->store, &cs);
+        if (rc) {
+            logf_("cannot bootstrap the cluster configuration: %s", store_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int start_raft(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    struct raft_config rc_cfg = {
+        .id = n->id,
+        .election_tick = cfg->election_timeout_ms / cfg->heartbeat_interval_ms,
+        .heartbeat_tick = 1,
+        .applied = store_applied_index(n->store),
+        .max_size_per_msg = 1024 * 1024,
+        .max_inflight_msgs = 256,
+        .max_committed_size_per_update = 64 * 1024 * 1024,
+        .check_quorum = true,
+        .pre_vote = true,
+        .seed = n->id ^ (uint64_t)uv_hrtime(),
+        .storage = store_raft_storage(n->store),
+    };
+    n->last_compact_index = rc_cfg.applied;
+    int rc = raft_new(&rc_cfg, &n->raft);
+    if (rc) {
+        logf_("cannot start Raft: %s", raft_strerror(rc));
+        return -1;
+    }
+    /* A single voter need not wait an election timeout to lead. */
+    struct raft_status st;
+    raft_status(n->raft, &st);
+    if (st.conf.n_voters == 1 && st.conf.voters[0] == n->id) raft_campaign(n->raft);
+    return 0;
+}
+
+int server_run(const struct server_config *cfg) {
+    struct node *n = calloc(1, sizeof *n);
+    if (!n) return 1;
+    int exit_code = 1;
+    n->cfg = cfg;
+    for (size_t i = 0; i < cfg->n_members; i++)
+        if (strcmp(cfg->members[i].name, cfg->name) == 0) n->id = cfg->members[i].id;
+    pthread_mutex_init(&n->mu, NULL);
+    if (uv_loop_init(&n->loop) != 0) goto err_free;
+
+    if (open_store(n)) goto err_loop;
+    if (start_raft(n)) goto err_store;
+
+    uv_timer_init(&n->loop, &n->tick_timer);
+    n->tick_timer.data = n;
+    uv_async_init(&n->loop, &n->wake, wake_cb);
+    n->wake.data = n;
+    uv_async_init(&n->loop, &n->fs_exited, fs_exited_cb);
+    n->fs_exited.data = n;
+    uv_signal_init(&n->loop, &n->sig_int);
+    n->sig_int.data = n;
+    uv_signal_init(&n->loop, &n->sig_term);
+    n->sig_term.data = n;
+    uv_signal_start(&n->sig_int, signal_cb, SIGINT);
+    uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
+    uv_timer_start(&n->tick_timer, tick_cb, cfg->heartbeat_interval_ms,
+                   cfg->heartbeat_interval_ms);
+    process(n);
+
+    if (cfg->mount[0] && start_mount(n)) goto err_handles;
+    logf_("member %s (%016" PRIx64 ") started; data in %s%s%s", cfg->name, n->id, cfg->data_dir,
+          cfg->mount[0] ? ", key space mounted at " : "", cfg->mount);
+
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    exit_code = n->fatal ? 1 : 0;
+
+err_handles:
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_mutex_unlock(&n->mu);
+    if (n->fs_started) {
+        fs_stop(n->fs);
+        /* fs_run waits for every done_cb: keep answering until it returns. */
+        while (uv_run(&n->loop, UV_RUN_NOWAIT), 1) {
+            cancel_all(n);
+            void *ret;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            if (pthread_timedjoin_np(n->fs_thread, &ret, &ts) == 0) break;
+        }
+        fs_free(n->fs);
+        n->fs_started = false;
+    }
+    cancel_all(n);
+    uv_walk(&n->loop, close_walk_cb, NULL);
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    raft_free(n->raft);
+err_store:
+    store_close(n->store);
+err_loop:
+    uv_loop_close(&n->loop);
+err_free:
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+    if (exit_code == 0) logf_("stopped");
+    return exit_code;
+}
