@@ -49,7 +49,8 @@ static int copy_kv(const struct store_kv *src, struct fs_kv *dst, int with_value
 static int be_get(void *data, const char *key, size_t key_len, struct fs_kv *out) {
     struct node *n = data;
     struct store_range_result r = {0};
-    int rc = store_get(node__store(n), key, key_len, 0, &r);
+    int rc = store_get(node__store_acquire(n), key, key_len, 0, &r);
+    node__store_release(n);
     if (rc) return node__errno(rc);
     if (r.n_kvs == 0) {
         store_range_result_release(&r);
@@ -81,7 +82,8 @@ static int be_range(void *data, const char *start, size_t start_len, const char 
         .skip_count = true,
     };
     struct store_range_result r = {0};
-    int rc = store_range(node__store(n), &req, &r);
+    int rc = store_range(node__store_acquire(n), &req, &r);
+    node__store_release(n);
     if (rc) return node__errno(rc);
     if (r.n_kvs) {
         struct fs_kv *kvs = calloc(r.n_kvs, sizeof *kvs);
@@ -107,14 +109,16 @@ static int be_range(void *data, const char *start, size_t start_len, const char 
 
 static int be_revision(void *data, int64_t *out) {
     struct node *n = data;
-    *out = store_current_revision(node__store(n));
+    *out = store_current_revision(node__store_acquire(n));
+    node__store_release(n);
     return 0;
 }
 
 static int be_usage(void *data, uint64_t *used, uint64_t *quota) {
     struct node *n = data;
     struct store_status st;
-    int rc = store_status(node__store(n), &st);
+    int rc = store_status(node__store_acquire(n), &st);
+    node__store_release(n);
     if (rc) return node__errno(rc);
     *used = st.logical_bytes;
     *quota = st.quota_bytes;
@@ -195,8 +199,10 @@ static int be_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb done_c
                 /* Keep the key's lease. A key with no lease (or none at all)
                  * simply gets none; ignore_lease would fail on absent keys. */
                 struct store_range_result r = {0};
-                if (store_get(node__store(n), f->key, f->key_len, 0, &r) == 0 && r.n_kvs == 1)
+                if (store_get(node__store_acquire(n), f->key, f->key_len, 0, &r) == 0 &&
+                    r.n_kvs == 1)
                     s->u.put.lease = r.kvs[0].lease;
+                node__store_release(n);
                 store_range_result_release(&r);
             } else {
                 s->u.put.lease = f->lease;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@
 #include <uv.h>
 
 #include "fs/fs.h"
+#include "net/net.h"
 #include "raft/raft.h"
 #include "server/node.h"
 #include "server/server.h"
@@ -64,9 +66,23 @@ struct node {
     uv_signal_t sig_int, sig_term;
     uv_async_t fs_exited;
 
+    /* The store. Readers on other threads hold store_lock shared; the loop
+     * holds it exclusively only while it swaps in a received snapshot. */
+    pthread_rwlock_t store_lock;
     struct store *store;
     struct raft *raft;
     uint64_t id;
+
+    /* Peers (NULL for a single-member cluster with no peer listener). */
+    struct net_transport *net;
+    uv_check_t check;        /* runs process() once per loop iteration */
+    bool dirty;              /* raft may have an update */
+    char *pending_snap_dir;  /* received checkpoint not yet installed */
+    uint64_t pending_snap_index;
+    uint64_t snap_seq;       /* names outgoing checkpoint directories */
+    bool ever_joined;        /* heard from a leader at least once */
+    uint64_t rejected_by[SERVER_MEMBERS_MAX]; /* peers that refused our handshake */
+    size_t n_rejected_by;
 
     /* Submissions from other threads; protected by mu. */
     pthread_mutex_t mu;
@@ -98,7 +114,12 @@ static void logf_(const char *fmt, ...) {
     va_end(ap);
 }
 
-struct store *node__store(struct node *n) { return n->store; }
+struct store *node__store_acquire(struct node *n) {
+    pthread_rwlock_rdlock(&n->store_lock);
+    return n->store;
+}
+
+void node__store_release(struct node *n) { pthread_rwlock_unlock(&n->store_lock); }
 
 int node__errno(int rc) {
     switch (rc) {
@@ -173,7 +194,10 @@ int node__submit(struct node *n, struct store_request *req, enum node_origin ori
 
     req->id = p->id;
     int rc = store_request_encode_alloc(req, &p->data, &p->len);
-    if (rc == 0) rc = store_request_check(n->store, p->data, p->len);
+    if (rc == 0) {
+        rc = store_request_check(node__store_acquire(n), p->data, p->len);
+        node__store_release(n);
+    }
     if (rc) {
         free(p->data);
         free(p);
@@ -277,7 +301,214 @@ static void maybe_compact(struct node *n) {
     n->last_compact_index = applied;
 }
 
+/* ------------------------------------------------------------ peers */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Removes a directory tree (a checkpoint); errors are ignored. */
+static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+struct snap_send {
+    struct node *n;
+    char dir[1200];
+};
+
+static void snap_sent_cb(void *cb_data, uint64_t to_id, int status, const char *reason) {
+    struct snap_send *ss = cb_data;
+    struct node *n = ss->n;
+    if (status)
+        logf_("snapshot to %016" PRIx64 " failed: %s%s%s", to_id, net_strerror(status),
+              reason ? ": " : "", reason ? reason : "");
+    else
+        logf_("snapshot to %016" PRIx64 " delivered", to_id);
+    rm_tree(ss->dir);
+    free(ss);
+    if (n->raft) {
+        raft_report_snapshot(n->raft, to_id, status == 0);
+        n->dirty = true;
+    }
+}
+
+/* A follower is behind the compacted log: stream it a checkpoint of the
+ * store, with the SNAP message (rewritten to the checkpoint's own metadata)
+ * as the stream's metadata. */
+static void send_snapshot(struct node *n, const struct raft_msg *m) {
+    struct snap_send *ss = calloc(1, sizeof *ss);
+    if (!ss) goto err;
+    ss->n = n;
+    snprintf(ss->dir, sizeof ss->dir, "%s/snap-out-%016" PRIx64 "-%" PRIu64, n->cfg->data_dir,
+             m->to, ++n->snap_seq);
+    rm_tree(ss->dir);
+    struct raft_msg copy = *m;
+    int rc = store_checkpoint(n->store, ss->dir, &copy.snapshot.meta);
+    if (rc) {
+        logf_("checkpoint for %016" PRIx64 " failed: %s", m->to, store_strerror(rc));
+        goto err_dir;
+    }
+    copy.snapshot.data = (struct raft_buf){NULL, 0};
+    size_t cap = raft_encoded_size(&copy), len;
+    void *meta = malloc(cap);
+    if (!meta || raft_encode(&copy, meta, cap, &len) != 0) {
+        free(meta);
+        goto err_dir;
+    }
+    rc = net_send_snapshot(n->net, m->to, meta, len, ss->dir, ss, snap_sent_cb);
+    free(meta);
+    if (rc == NET_EBUSY) { /* one is on its way; its report will come */
+        rm_tree(ss->dir);
+        free(ss);
+        return;
+    }
+    if (rc) goto err_dir;
+    logf_("sending snapshot at index %" PRIu64 " to %016" PRIx64, copy.snapshot.meta.index, m->to);
+    return;
+err_dir:
+    rm_tree(ss->dir);
+    free(ss);
+err:
+    raft_report_snapshot(n->raft, m->to, false);
+}
+
+static void send_messages(struct node *n, const struct raft_update *u) {
+    if (!n->net) return;
+    for (size_t i = 0; i < u->n_msgs; i++) {
+        const struct raft_msg *m = &u->msgs[i];
+        if (m->type == RAFT_MSG_SNAP) {
+            send_snapshot(n, m);
+            continue;
+        }
+        size_t cap = raft_encoded_size(m), len;
+        void *buf = malloc(cap);
+        int rc = buf ? raft_encode(m, buf, cap, &len) : RAFT_ENOMEM;
+        if (rc == 0) rc = net_send(n->net, m->to, buf, len);
+        free(buf);
+        if (rc) raft_report_unreachable(n->raft, m->to);
+    }
+}
+
+static void on_peer_message(void *data, uint64_t from_id, const void *buf, size_t len) {
+    struct node *n = data;
+    struct raft_msg m;
+    int rc = raft_decode(buf, len, &m);
+    if (rc) {
+        logf_("dropping a malformed message from %016" PRIx64 ": %s", from_id, raft_strerror(rc));
+        return;
+    }
+    if (m.from != from_id) {
+        logf_("dropping a message from %016" PRIx64 " that claims to be from %016" PRIx64,
+              from_id, m.from);
+    } else {
+        if (m.type == RAFT_MSG_APP || m.type == RAFT_MSG_HEARTBEAT) n->ever_joined = true;
+        raft_step(n->raft, &m);
+        n->dirty = true;
+    }
+    raft_msg_release(&m);
+}
+
+static void on_handshake_error(void *data, uint64_t peer_id, const char *addr,
+                               const char *reason) {
+    struct node *n = data;
+    logf_("peer %016" PRIx64 " at %s: %s", peer_id, addr, reason);
+    if (n->ever_joined || peer_id == 0) return;
+    for (size_t i = 0; i < n->n_rejected_by; i++)
+        if (n->rejected_by[i] == peer_id) return;
+    if (n->n_rejected_by < SERVER_MEMBERS_MAX) n->rejected_by[n->n_rejected_by++] = peer_id;
+    /* Every other member refuses us: we are the odd one out. */
+    if (n->n_rejected_by + 1 >= n->cfg->n_members) {
+        logf_("refusing to join: every peer rejected this member's cluster configuration "
+              "(check --initial-cluster and --initial-cluster-token)");
+        n->fatal = true;
+        uv_stop(&n->loop);
+    }
+}
+
+static void on_snapshot_done(void *data, uint64_t from_id, const void *meta, size_t meta_len,
+                             const char *dir) {
+    struct node *n = data;
+    struct raft_msg m;
+    int rc = raft_decode(meta, meta_len, &m);
+    if (rc || m.type != RAFT_MSG_SNAP || !m.has_snapshot) {
+        logf_("dropping a snapshot from %016" PRIx64 " with bad metadata", from_id);
+        if (rc == 0) raft_msg_release(&m);
+        rm_tree(dir);
+        return;
+    }
+    if (n->pending_snap_dir) {
+        rm_tree(n->pending_snap_dir);
+        free(n->pending_snap_dir);
+    }
+    n->pending_snap_dir = strdup(dir);
+    n->pending_snap_index = m.snapshot.meta.index;
+    logf_("received snapshot at index %" PRIu64 " from %016" PRIx64, m.snapshot.meta.index,
+          from_id);
+    raft_step(n->raft, &m);
+    raft_msg_release(&m);
+    n->dirty = true;
+}
+
+static int open_store_at(struct node *n, struct store **out);
+
+/* Raft accepted a snapshot: swap the received checkpoint in as the store. */
+static int install_snapshot(struct node *n, const struct raft_update *u) {
+    const struct raft_snapshot_meta *meta = &u->snapshot.meta;
+    if (!n->pending_snap_dir || n->pending_snap_index != meta->index) {
+        logf_("Raft installs a snapshot at %" PRIu64 " that was not received", meta->index);
+        return -1;
+    }
+    struct raft_hard_state hs;
+    if (u->has_hard_state) {
+        hs = u->hard_state;
+    } else {
+        struct raft_status st;
+        raft_status(n->raft, &st);
+        hs = (struct raft_hard_state){st.term, st.vote, st.commit};
+    }
+    if (hs.commit < meta->index) hs.commit = meta->index;
+    char db[1100], old[1100];
+    snprintf(db, sizeof db, "%s/db", n->cfg->data_dir);
+    snprintf(old, sizeof old, "%s/db.old", n->cfg->data_dir);
+    rm_tree(old);
+    pthread_rwlock_wrlock(&n->store_lock);
+    store_close(n->store);
+    n->store = NULL;
+    int rc = -1;
+    if (rename(db, old) != 0 || rename(n->pending_snap_dir, db) != 0) {
+        logf_("cannot move the snapshot into place: %s", strerror(errno));
+    } else if (open_store_at(n, &n->store) == 0) {
+        rc = store_raft_install_snapshot(n->store, meta, &hs);
+        if (rc) logf_("installing the snapshot failed: %s", store_strerror(rc));
+    }
+    pthread_rwlock_unlock(&n->store_lock);
+    free(n->pending_snap_dir);
+    n->pending_snap_dir = NULL;
+    if (rc == 0) {
+        rm_tree(old);
+        n->last_compact_index = meta->index;
+        logf_("installed snapshot at index %" PRIu64, meta->index);
+    }
+    return rc;
+}
+
+static int persist(struct node *n, const struct raft_update *u) {
+    if (u->has_snapshot && install_snapshot(n, u)) return -1;
+    if (u->has_hard_state || u->n_entries) {
+        int rc = store_raft_save(n->store, u->has_hard_state ? &u->hard_state : NULL, u->entries,
+                                 u->n_entries, u->must_sync);
+        if (rc) {
+            logf_("persisting the Raft log failed: %s", store_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void process(struct node *n) {
+    n->dirty = false;
     while (!n->fatal && raft_has_update(n->raft)) {
         struct raft_update u;
         int rc = raft_get_update(n->raft, &u);
@@ -288,19 +519,28 @@ static void process(struct node *n) {
         }
         if (u.leader != n->leader) {
             if (u.leader != RAFT_NONE)
-                logf_("leader is %016" PRIx64 "%s", u.leader, u.leader == n->id ? " (this member)" : "");
+                logf_("leader is %016" PRIx64 "%s", u.leader,
+                      u.leader == n->id ? " (this member)" : "");
+            else
+                logf_("no leader");
             n->leader = u.leader;
+            if (u.leader != RAFT_NONE) n->ever_joined = true;
         }
-        if (u.has_hard_state || u.n_entries) {
-            rc = store_raft_save(n->store, u.has_hard_state ? &u.hard_state : NULL, u.entries,
-                                 u.n_entries, u.must_sync);
-            if (rc) {
-                logf_("persisting the Raft log failed: %s", store_strerror(rc));
+        /* A leader sends while it persists (Raft thesis 10.2.1: it counts
+         * its own log only once persisted); everyone else persists first. */
+        if (u.role == RAFT_LEADER) {
+            send_messages(n, &u);
+            if (persist(n, &u)) {
                 n->fatal = true;
                 break;
             }
+        } else {
+            if (persist(n, &u)) {
+                n->fatal = true;
+                break;
+            }
+            send_messages(n, &u);
         }
-        /* Messages to peers are sent here once the node has peers. */
         for (size_t i = 0; i < u.n_committed; i++) {
             rc = apply_entry(n, &u.committed[i]);
             if (rc) {
@@ -315,6 +555,11 @@ static void process(struct node *n) {
         maybe_compact(n);
     }
     if (n->fatal) uv_stop(&n->loop);
+}
+
+static void check_cb(uv_check_t *h) {
+    struct node *n = h->data;
+    if (n->dirty) process(n);
 }
 
 static void drain_queue(struct node *n) {
@@ -336,7 +581,7 @@ static void drain_queue(struct node *n) {
 static void wake_cb(uv_async_t *h) {
     struct node *n = h->data;
     drain_queue(n);
-    process(n);
+    n->dirty = true; /* processed once per loop iteration: group commit */
 }
 
 static void tick_cb(uv_timer_t *t) {
@@ -357,7 +602,7 @@ static void tick_cb(uv_timer_t *t) {
             if (*pp == p) pp = &p->next;
         }
     }
-    process(n);
+    n->dirty = true;
 }
 
 /* ------------------------------------------------------------ mount */
@@ -444,12 +689,8 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-static int open_store(struct node *n) {
+static int open_store_at(struct node *n, struct store **out) {
     const struct server_config *cfg = n->cfg;
-    if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
-        logf_("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
-        return -1;
-    }
     char path[1100];
     snprintf(path, sizeof path, "%s/db", cfg->data_dir);
     struct store_options opt;
@@ -458,16 +699,26 @@ static int open_store(struct node *n) {
     opt.quota_bytes = cfg->quota_backend_bytes;
     opt.max_request_bytes = cfg->max_request_bytes;
     char err[512] = "";
-    int rc = store_open(&opt, &n->store, err, sizeof err);
+    int rc = store_open(&opt, out, err, sizeof err);
     if (rc) {
         logf_("cannot open the store in %s: %s (%s)", path, store_strerror(rc), err);
         return -1;
     }
+    return 0;
+}
+
+static int open_store(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+        logf_("cannot create data directory %s: %s", cfg->data_dir, strerror(errno));
+        return -1;
+    }
+    if (open_store_at(n, &n->store)) return -1;
     /* A new member of a new cluster records the initial configuration. */
     struct raft_hard_state hs;
     struct raft_conf_state cs;
     struct raft_storage *rs = store_raft_storage(n->store);
-    rc = rs->initial_state(rs->data, &hs, &cs);
+    int rc = rs->initial_state(rs->data, &hs, &cs);
     if (rc) {
         logf_("cannot read the Raft state: %s", store_strerror(rc));
         return -1;
@@ -478,6 +729,56 @@ static int open_store(struct node *n) {
         rc = store_raft_bootstrap(n->store, &cs);
         if (rc) {
             logf_("cannot bootstrap the cluster configuration: %s", store_strerror(rc));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The peer transport: listens on the first --listen-peer-urls URL and dials
+ * every other member of --initial-cluster. */
+static int start_net(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    char url[SERVER_URL_MAX];
+    size_t ulen = strcspn(cfg->listen_peer_urls, ",");
+    if (ulen >= sizeof url) ulen = sizeof url - 1;
+    memcpy(url, cfg->listen_peer_urls, ulen);
+    url[ulen] = '\0';
+    char snapdir[1100];
+    snprintf(snapdir, sizeof snapdir, "%s/snap-in", cfg->data_dir);
+    rm_tree(snapdir);
+    if (mkdir(snapdir, 0700) != 0) {
+        logf_("cannot create %s: %s", snapdir, strerror(errno));
+        return -1;
+    }
+    struct net_member members[SERVER_MEMBERS_MAX];
+    for (size_t i = 0; i < cfg->n_members; i++)
+        members[i] = (struct net_member){cfg->members[i].id, cfg->members[i].peer_url};
+    struct net_options opt = {
+        .id = n->id,
+        .listen_url = url,
+        .cluster_token = cfg->initial_cluster_token,
+        .members = members,
+        .n_members = cfg->n_members,
+        .snapshot_dir = snapdir,
+        .cb = {
+            .on_message = on_peer_message,
+            .on_handshake_error = on_handshake_error,
+            .on_snapshot_done = on_snapshot_done,
+        },
+        .data = n,
+    };
+    int rc = net_transport_new(&n->loop, &opt, &n->net);
+    if (rc) {
+        logf_("cannot listen for peers on %s: %s", url, net_strerror(rc));
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->n_members; i++) {
+        if (cfg->members[i].id == n->id) continue;
+        rc = net_transport_add_peer(n->net, cfg->members[i].id, cfg->members[i].peer_url);
+        if (rc) {
+            logf_("peer %s (%s): %s", cfg->members[i].name, cfg->members[i].peer_url,
+                  net_strerror(rc));
             return -1;
         }
     }
@@ -520,10 +821,15 @@ int server_run(const struct server_config *cfg) {
     for (size_t i = 0; i < cfg->n_members; i++)
         if (strcmp(cfg->members[i].name, cfg->name) == 0) n->id = cfg->members[i].id;
     pthread_mutex_init(&n->mu, NULL);
+    pthread_rwlock_init(&n->store_lock, NULL);
     if (uv_loop_init(&n->loop) != 0) goto err_free;
 
     if (open_store(n)) goto err_loop;
     if (start_raft(n)) goto err_store;
+    uv_check_init(&n->loop, &n->check);
+    n->check.data = n;
+    uv_check_start(&n->check, check_cb);
+    if (start_net(n)) goto err_handles;
 
     uv_timer_init(&n->loop, &n->tick_timer);
     n->tick_timer.data = n;
@@ -571,14 +877,25 @@ err_handles:
         n->fs_started = false;
     }
     cancel_all(n);
+    if (n->net) {
+        net_transport_close(n->net, NULL);
+        n->net = NULL;
+        uv_run(&n->loop, UV_RUN_NOWAIT);
+    }
     uv_walk(&n->loop, close_walk_cb, NULL);
     uv_run(&n->loop, UV_RUN_DEFAULT);
     raft_free(n->raft);
+    n->raft = NULL;
+    if (n->pending_snap_dir) {
+        rm_tree(n->pending_snap_dir);
+        free(n->pending_snap_dir);
+    }
 err_store:
     store_close(n->store);
 err_loop:
     uv_loop_close(&n->loop);
 err_free:
+    pthread_rwlock_destroy(&n->store_lock);
     pthread_mutex_destroy(&n->mu);
     free(n);
     if (exit_code == 0) logf_("stopped");

@@ -35,8 +35,10 @@ enum node_origin {
 int node__submit(struct node *n, struct store_request *req, enum node_origin origin,
                  node_done_cb cb, void *arg);
 
-/* The node's store, for readers on any thread. */
-struct store *node__store(struct node *n);
+/* The node's store, for readers on any thread: valid until
+ * node__store_release (a received snapshot may replace it in between). */
+struct store *node__store_acquire(struct node *n);
+void node__store_release(struct node *n);
 
 struct fs_backend;
 /* Fills *be with the mount's view of n (server/fsback.c). */
