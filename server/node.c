@@ -58,6 +58,32 @@ struct proposal {
     void *arg;
 };
 
+/* A linearizable read waiting for its read index, then for apply. */
+struct barrier {
+    struct barrier *next;
+    uint64_t id;          /* the ReadIndex context */
+    uint64_t index;       /* 0 until the leader answered */
+    bool asked;           /* raft_read_index accepted it */
+    uint64_t deadline_ms;
+    node_barrier_cb cb;
+    void *arg;
+};
+
+/* A membership change or leadership transfer waiting to take effect. */
+struct waiter {
+    uint64_t member_id;
+    int type; /* RAFT_CC_* or NODE_MEMBER_UPDATE; unused for transfers */
+    uint64_t deadline_ms;
+    node_barrier_cb cb;
+    void *arg;
+};
+
+/* First byte of a node-level entry that updates a member's attributes
+ * (etcd's member "publish" and MemberUpdate). Store requests begin with
+ * their version byte (STORE_REQUEST_VERSION), which this cannot be. */
+#define MEMBER_UPDATE_ENTRY 0xFEu
+_Static_assert(STORE_REQUEST_VERSION != MEMBER_UPDATE_ENTRY, "entry kinds must differ");
+
 struct node {
     const struct server_config *cfg;
     uv_loop_t loop;
@@ -96,6 +122,26 @@ struct node {
     uint64_t last_compact_index;
     uint64_t leader;
     bool fatal;        /* an apply or persist failed: stop */
+
+    /* Membership as etcd shows it (names, URLs); loop thread. Raft's
+     * configuration decides who votes; this table only describes members. */
+    size_t n_members;
+    struct node_member members[SERVER_MEMBERS_MAX];
+    uint64_t cluster_id;
+    bool published; /* our client URLs were replicated */
+    uint64_t publish_retry_ms; /* uv_now() before which we do not propose again */
+
+    /* Loop-thread waiters of the etcd services. */
+    struct barrier *barriers;   /* read barriers, oldest first */
+    uint64_t next_barrier;
+    struct waiter *conf_waiter; /* the one pending membership change */
+    struct waiter *move_waiter; /* the one pending leadership transfer */
+    node_apply_hook apply_hook;
+    node_leader_hook leader_hook;
+    void *hook_ctx;
+
+    /* The etcd v3 API server. */
+    struct api_server *api;
 
     /* The mount. */
     struct fs *fs;
@@ -220,6 +266,400 @@ int node__submit(struct node *n, struct store_request *req, enum node_origin ori
     return 0;
 }
 
+/* ------------------------------------------------------------ members */
+
+/*
+ * Member descriptions travel in Raft entries (the context of a conf change,
+ * and MEMBER_UPDATE_ENTRY entries) as text: "QM1\n" name "\n" peer URLs "\n"
+ * client URLs "\n". The decoder checks every field against its buffer.
+ */
+static int member_encode(const struct node_member *m, char *buf, size_t cap, size_t *len) {
+    int k = snprintf(buf, cap, "QM1\n%s\n%s\n%s\n", m->name, m->peer_urls, m->client_urls);
+    if (k < 0 || (size_t)k >= cap) return -ENAMETOOLONG;
+    *len = (size_t)k;
+    return 0;
+}
+
+static int take_line(const char **p, const char *end, char *out, size_t cap) {
+    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    if (!nl || (size_t)(nl - *p) >= cap) return -EINVAL;
+    memcpy(out, *p, (size_t)(nl - *p));
+    out[nl - *p] = '\0';
+    if (memchr(out, '\0', (size_t)(nl - *p))) return -EINVAL;
+    *p = nl + 1;
+    return 0;
+}
+
+static int member_decode(const void *buf, size_t len, struct node_member *m) {
+    const char *p = buf, *end = p + len;
+    char magic[8];
+    memset(m, 0, sizeof *m);
+    if (take_line(&p, end, magic, sizeof magic) || strcmp(magic, "QM1") != 0) return -EINVAL;
+    if (take_line(&p, end, m->name, sizeof m->name) ||
+        take_line(&p, end, m->peer_urls, sizeof m->peer_urls) ||
+        take_line(&p, end, m->client_urls, sizeof m->client_urls))
+        return -EINVAL;
+    return p == end ? 0 : -EINVAL;
+}
+
+static struct node_member *member_find(struct node *n, uint64_t id) {
+    for (size_t i = 0; i < n->n_members; i++)
+        if (n->members[i].id == id) return &n->members[i];
+    return NULL;
+}
+
+/* Writes the member table to DATA/members (temp file, fsync, rename). */
+static void members_save(struct node *n) {
+    char path[1100], tmp[1110];
+    snprintf(path, sizeof path, "%s/members", n->cfg->data_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        logf_("cannot write %s: %s", tmp, strerror(errno));
+        return;
+    }
+    for (size_t i = 0; i < n->n_members; i++) {
+        const struct node_member *m = &n->members[i];
+        fprintf(f, "%016" PRIx64 "\t%s\t%s\t%s\n", m->id, m->name, m->peer_urls,
+                m->client_urls[0] ? m->client_urls : "-");
+    }
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) logf_("cannot sync %s", tmp);
+    fclose(f);
+    if (rename(tmp, path) != 0) logf_("cannot rename %s: %s", tmp, strerror(errno));
+}
+
+static void members_load(struct node *n) {
+    const struct server_config *cfg = n->cfg;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/members", cfg->data_dir);
+    FILE *f = fopen(path, "r");
+    n->n_members = 0;
+    if (f) {
+        char line[1024];
+        while (n->n_members < SERVER_MEMBERS_MAX && fgets(line, sizeof line, f)) {
+            struct node_member m = {0};
+            char name[SERVER_NAME_MAX], peer[SERVER_URL_MAX], client[SERVER_URL_MAX];
+            if (sscanf(line, "%16" SCNx64 "\t%63[^\t]\t%255[^\t]\t%255[^\n]", &m.id, name, peer,
+                       client) != 4)
+                continue;
+            snprintf(m.name, sizeof m.name, "%s", name);
+            snprintf(m.peer_urls, sizeof m.peer_urls, "%s", peer);
+            if (strcmp(client, "-") != 0) snprintf(m.client_urls, sizeof m.client_urls, "%s", client);
+            n->members[n->n_members++] = m;
+        }
+        fclose(f);
+    }
+    if (n->n_members == 0) {
+        for (size_t i = 0; i < cfg->n_members; i++) {
+            struct node_member *m = &n->members[n->n_members++];
+            memset(m, 0, sizeof *m);
+            m->id = cfg->members[i].id;
+            snprintf(m->name, sizeof m->name, "%s", cfg->members[i].name);
+            snprintf(m->peer_urls, sizeof m->peer_urls, "%s", cfg->members[i].peer_url);
+        }
+    }
+    /* The cluster id: a hash of the initial members' ids and the token. */
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < cfg->n_members; i++) {
+        h ^= cfg->members[i].id;
+        h *= 1099511628211ull;
+    }
+    for (const char *c = cfg->initial_cluster_token; *c; c++) {
+        h ^= (unsigned char)*c;
+        h *= 1099511628211ull;
+    }
+    n->cluster_id = h ? h : 1;
+    struct node_member *self = member_find(n, n->id);
+    if (self && strcmp(self->client_urls, cfg->advertise_client_urls) == 0) n->published = true;
+}
+
+static void waiter_finish(struct waiter **wp, int err) {
+    struct waiter *w = *wp;
+    if (!w) return;
+    *wp = NULL;
+    w->cb(w->arg, err);
+    free(w);
+}
+
+/* A conf change was applied: keep the member table in step with Raft. */
+static void members_apply_conf(struct node *n, const struct raft_conf_change *cc, int rc) {
+    if (rc == 0) {
+        struct node_member m;
+        bool described = cc->context.len &&
+                         member_decode(cc->context.base, cc->context.len, &m) == 0;
+        if (cc->type == RAFT_CC_REMOVE) {
+            for (size_t i = 0; i < n->n_members; i++) {
+                if (n->members[i].id != cc->node_id) continue;
+                n->members[i] = n->members[--n->n_members];
+                break;
+            }
+            if (n->net && cc->node_id != n->id) net_transport_remove_peer(n->net, cc->node_id);
+        } else if (!member_find(n, cc->node_id) && n->n_members < SERVER_MEMBERS_MAX) {
+            struct node_member *nm = &n->members[n->n_members++];
+            memset(nm, 0, sizeof *nm);
+            if (described) *nm = m;
+            nm->id = cc->node_id;
+            if (n->net && cc->node_id != n->id) {
+                char url[SERVER_URL_MAX];
+                size_t ul = strcspn(nm->peer_urls, ",");
+                memcpy(url, nm->peer_urls, ul);
+                url[ul] = '\0';
+                net_transport_add_peer(n->net, cc->node_id, url);
+            }
+        }
+        members_save(n);
+    }
+    struct waiter *w = n->conf_waiter;
+    if (w && w->member_id == cc->node_id) waiter_finish(&n->conf_waiter, rc ? -EINVAL : 0);
+    if (rc == 0 && cc->type == RAFT_CC_REMOVE && cc->node_id == n->id) {
+        logf_("this member was removed from the cluster; stopping");
+        pthread_mutex_lock(&n->mu);
+        n->stopping = true;
+        pthread_mutex_unlock(&n->mu);
+        if (n->fs_started)
+            fs_stop(n->fs);
+        else
+            uv_stop(&n->loop);
+    }
+}
+
+static void members_apply_update(struct node *n, const struct raft_entry *e) {
+    const unsigned char *d = e->data.base;
+    if (e->data.len < 9) return;
+    uint64_t id = 0;
+    for (int i = 0; i < 8; i++) id |= (uint64_t)d[1 + i] << (8 * i);
+    struct node_member m;
+    struct node_member *cur = member_find(n, id);
+    if (!cur || member_decode(d + 9, e->data.len - 9, &m) != 0) return;
+    if (m.peer_urls[0]) snprintf(cur->peer_urls, sizeof cur->peer_urls, "%s", m.peer_urls);
+    if (m.client_urls[0]) snprintf(cur->client_urls, sizeof cur->client_urls, "%s", m.client_urls);
+    if (m.name[0]) snprintf(cur->name, sizeof cur->name, "%s", m.name);
+    members_save(n);
+    if (id == n->id && strcmp(cur->client_urls, n->cfg->advertise_client_urls) == 0)
+        n->published = true;
+    struct waiter *w = n->conf_waiter;
+    if (w && w->type == NODE_MEMBER_UPDATE && w->member_id == id) waiter_finish(&n->conf_waiter, 0);
+}
+
+static int propose_member_update(struct node *n, const struct node_member *m) {
+    unsigned char buf[1 + 8 + 16 + SERVER_NAME_MAX + 2 * SERVER_URL_MAX];
+    size_t len;
+    buf[0] = MEMBER_UPDATE_ENTRY;
+    for (int i = 0; i < 8; i++) buf[1 + i] = (unsigned char)(m->id >> (8 * i));
+    int rc = member_encode(m, (char *)buf + 9, sizeof buf - 9, &len);
+    if (rc) return rc;
+    rc = raft_propose(n->raft, buf, 9 + len);
+    return rc ? -EAGAIN : 0;
+}
+
+/* etcd members publish their client URLs once they serve: so do we. */
+static void maybe_publish(struct node *n) {
+    if (n->published || n->leader == RAFT_NONE) return;
+    uint64_t now = uv_now(&n->loop);
+    if (now < n->publish_retry_ms) return;
+    n->publish_retry_ms = now + n->cfg->election_timeout_ms;
+    struct node_member *self = member_find(n, n->id);
+    if (!self) return;
+    struct node_member m = *self;
+    size_t len = strlen(n->cfg->advertise_client_urls);
+    if (len >= sizeof m.client_urls) {
+        logf_("--advertise-client-urls is too long to publish (%zu bytes)", len);
+        n->published = true;
+        return;
+    }
+    memcpy(m.client_urls, n->cfg->advertise_client_urls, len + 1);
+    propose_member_update(n, &m); /* retried on later ticks until applied */
+}
+
+uv_loop_t *node__loop(struct node *n) { return &n->loop; }
+const struct server_config *node__config(struct node *n) { return n->cfg; }
+
+void node__set_hooks(struct node *n, node_apply_hook apply, node_leader_hook leader, void *ctx) {
+    n->apply_hook = apply;
+    n->leader_hook = leader;
+    n->hook_ctx = ctx;
+}
+
+void node__status(struct node *n, struct node_status *st) {
+    struct raft_status rs;
+    raft_status(n->raft, &rs);
+    memset(st, 0, sizeof *st);
+    st->id = n->id;
+    st->leader = rs.leader;
+    st->term = rs.term;
+    st->commit = rs.commit;
+    st->applied = store_applied_index(n->store);
+    st->cluster_id = n->cluster_id;
+    for (uint32_t i = 0; i < rs.conf.n_learners; i++)
+        if (rs.conf.learners[i] == n->id) st->learner = true;
+    st->n_members = n->n_members;
+    for (size_t i = 0; i < n->n_members; i++) {
+        st->members[i] = n->members[i];
+        st->members[i].learner = false;
+        for (uint32_t k = 0; k < rs.conf.n_learners; k++)
+            if (rs.conf.learners[k] == n->members[i].id) st->members[i].learner = true;
+    }
+}
+
+int node__member_change(struct node *n, int type, struct node_member *m, node_barrier_cb cb,
+                        void *arg) {
+    if (n->conf_waiter) return -EBUSY;
+    struct node_member *cur = m->id ? member_find(n, m->id) : NULL;
+    if (type == RAFT_CC_REMOVE || type == NODE_MEMBER_UPDATE) {
+        if (!cur) return -ENOENT;
+    } else if (type == RAFT_CC_ADD_VOTER && cur) {
+        /* A promotion: the member must be a learner. */
+        struct node_status st;
+        node__status(n, &st);
+        bool learner = false;
+        for (size_t i = 0; i < st.n_members; i++)
+            if (st.members[i].id == m->id) learner = st.members[i].learner;
+        if (!learner) return -EINVAL;
+    } else {
+        for (size_t i = 0; i < n->n_members; i++)
+            if (strcmp(n->members[i].peer_urls, m->peer_urls) == 0) return -EEXIST;
+        if (n->n_members >= SERVER_MEMBERS_MAX) return -ENOSPC;
+        /* etcd derives ids from the peer URLs, cluster and time. */
+        uint64_t h = 14695981039346656037ull ^ n->cluster_id ^ uv_hrtime();
+        for (const char *c = m->peer_urls; *c; c++) {
+            h ^= (unsigned char)*c;
+            h *= 1099511628211ull;
+        }
+        m->id = h ? h : 1;
+    }
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w) return -ENOMEM;
+    w->member_id = m->id;
+    w->type = type;
+    w->deadline_ms = uv_now(&n->loop) + n->cfg->request_timeout_ms;
+    w->cb = cb;
+    w->arg = arg;
+    int rc;
+    if (type == NODE_MEMBER_UPDATE) {
+        struct node_member upd = *cur;
+        snprintf(upd.peer_urls, sizeof upd.peer_urls, "%s", m->peer_urls);
+        rc = propose_member_update(n, &upd);
+    } else {
+        char ctx[16 + SERVER_NAME_MAX + 2 * SERVER_URL_MAX];
+        size_t ctx_len = 0;
+        rc = member_encode(cur && type != RAFT_CC_REMOVE ? cur : m, ctx, sizeof ctx, &ctx_len);
+        if (rc == 0) {
+            struct raft_conf_change cc = {
+                .type = (uint8_t)type, .node_id = m->id, .context = {ctx, ctx_len}};
+            rc = raft_propose_conf_change(n->raft, &cc);
+            if (rc == RAFT_ECONFPENDING)
+                rc = -EBUSY;
+            else if (rc)
+                rc = -EAGAIN;
+        }
+    }
+    if (rc) {
+        free(w);
+        return rc;
+    }
+    n->conf_waiter = w;
+    n->dirty = true;
+    return 0;
+}
+
+int node__transfer_leader(struct node *n, uint64_t to, node_barrier_cb cb, void *arg) {
+    if (!member_find(n, to)) return -ENOENT;
+    if (n->move_waiter) return -EBUSY;
+    if (n->leader != n->id) return -EPERM;
+    if (to == n->id) {
+        cb(arg, 0);
+        return 0;
+    }
+    int rc = raft_transfer_leadership(n->raft, to);
+    if (rc) return rc == RAFT_ENOLEADER ? -EAGAIN : -EINVAL;
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w) return -ENOMEM;
+    w->member_id = to;
+    w->deadline_ms = uv_now(&n->loop) + n->cfg->request_timeout_ms;
+    w->cb = cb;
+    w->arg = arg;
+    n->move_waiter = w;
+    n->dirty = true;
+    return 0;
+}
+
+/* ------------------------------------------------------------ read barriers */
+
+static void barrier_ask(struct node *n, struct barrier *b) {
+    if (b->asked) return;
+    unsigned char ctx[8];
+    for (int i = 0; i < 8; i++) ctx[i] = (unsigned char)(b->id >> (8 * i));
+    if (raft_read_index(n->raft, ctx, sizeof ctx) == 0) b->asked = true;
+}
+
+int node__read_barrier(struct node *n, node_barrier_cb cb, void *arg) {
+    struct barrier *b = calloc(1, sizeof *b);
+    if (!b) return -ENOMEM;
+    b->id = ++n->next_barrier;
+    b->deadline_ms = uv_now(&n->loop) + n->cfg->request_timeout_ms;
+    b->cb = cb;
+    b->arg = arg;
+    struct barrier **pp = &n->barriers;
+    while (*pp) pp = &(*pp)->next;
+    *pp = b;
+    barrier_ask(n, b);
+    n->dirty = true;
+    return 0;
+}
+
+static void barriers_read_states(struct node *n, const struct raft_update *u) {
+    for (size_t i = 0; i < u->n_read_states; i++) {
+        const struct raft_read_state *rs = &u->read_states[i];
+        if (rs->context.len != 8) continue;
+        uint64_t id = 0;
+        for (int k = 0; k < 8; k++) id |= (uint64_t)((const unsigned char *)rs->context.base)[k] << (8 * k);
+        for (struct barrier *b = n->barriers; b; b = b->next)
+            if (b->id == id) b->index = rs->index ? rs->index : 1;
+    }
+}
+
+/* Answers barriers whose index is applied; with now != 0, also times out
+ * and retries the rest. */
+static void barriers_sweep(struct node *n, uint64_t now, int cancel_err) {
+    uint64_t applied = store_applied_index(n->store);
+    struct barrier **pp = &n->barriers;
+    while (*pp) {
+        struct barrier *b = *pp;
+        int err = 1;
+        if (cancel_err)
+            err = cancel_err;
+        else if (b->index && applied >= b->index)
+            err = 0;
+        else if (now && now >= b->deadline_ms)
+            err = -ETIMEDOUT;
+        if (err <= 0) {
+            *pp = b->next;
+            b->cb(b->arg, err);
+            free(b);
+            continue;
+        }
+        if (now) barrier_ask(n, b);
+        pp = &b->next;
+    }
+}
+
+static void waiters_sweep(struct node *n, uint64_t now, int cancel_err) {
+    if (n->move_waiter) {
+        if (cancel_err)
+            waiter_finish(&n->move_waiter, cancel_err);
+        else if (n->leader == n->move_waiter->member_id)
+            waiter_finish(&n->move_waiter, 0);
+        else if (now && now >= n->move_waiter->deadline_ms)
+            waiter_finish(&n->move_waiter, -ETIMEDOUT);
+    }
+    if (n->conf_waiter) {
+        if (cancel_err)
+            waiter_finish(&n->conf_waiter, cancel_err);
+        else if (now && now >= n->conf_waiter->deadline_ms)
+            waiter_finish(&n->conf_waiter, -ETIMEDOUT);
+    }
+}
+
 /* ------------------------------------------------------------ raft driver */
 
 static void try_propose(struct node *n, struct proposal *p) {
@@ -263,17 +703,24 @@ static int apply_entry(struct node *n, const struct raft_entry *e) {
                   raft_strerror(rc));
             return store_apply_noop(n->store, e->index);
         }
-        rc = raft_apply_conf_change(n->raft, &cc, &cs);
-        if (rc) {
+        int crc = raft_apply_conf_change(n->raft, &cc, &cs);
+        if (crc) {
             /* Refused (e.g. removing an unknown member): the entry is applied
              * and the configuration stays as it was. */
             struct raft_status st;
             raft_status(n->raft, &st);
             cs = st.conf;
         }
-        return store_apply_conf(n->store, e->index, &cs);
+        rc = store_apply_conf(n->store, e->index, &cs);
+        if (rc == 0) members_apply_conf(n, &cc, crc);
+        return rc;
     }
     if (e->data.len == 0) return store_apply_noop(n->store, e->index);
+    if (((const unsigned char *)e->data.base)[0] == MEMBER_UPDATE_ENTRY) {
+        rc = store_apply_noop(n->store, e->index);
+        if (rc == 0) members_apply_update(n, e);
+        return rc;
+    }
 
     struct store_result *res = NULL;
     rc = store_apply(n->store, e->index, e->data.base, e->data.len, &res);
@@ -281,6 +728,7 @@ static int apply_entry(struct node *n, const struct raft_entry *e) {
     if (!res) return 0; /* already applied before a restart */
     struct proposal *p = res->request_id ? pending_take(n, res->request_id) : NULL;
     notify_mount(n, res, p && p->origin == NODE_ORIGIN_MOUNT);
+    if (n->apply_hook) n->apply_hook(n->hook_ctx, res);
     if (p) proposal_finish(n, p, res->err, res);
     store_result_free(res);
     return 0;
@@ -523,8 +971,10 @@ static void process(struct node *n) {
                       u.leader == n->id ? " (this member)" : "");
             else
                 logf_("no leader");
+            bool was = n->leader == n->id, is = u.leader == n->id;
             n->leader = u.leader;
             if (u.leader != RAFT_NONE) n->ever_joined = true;
+            if (was != is && n->leader_hook) n->leader_hook(n->hook_ctx, is);
         }
         /* A leader sends while it persists (Raft thesis 10.2.1: it counts
          * its own log only once persisted); everyone else persists first. */
@@ -551,9 +1001,12 @@ static void process(struct node *n) {
             }
         }
         if (n->fatal) break;
+        barriers_read_states(n, &u);
         raft_advance(n->raft, &u);
         maybe_compact(n);
     }
+    barriers_sweep(n, 0, 0);
+    waiters_sweep(n, 0, 0);
     if (n->fatal) uv_stop(&n->loop);
 }
 
@@ -602,6 +1055,9 @@ static void tick_cb(uv_timer_t *t) {
             if (*pp == p) pp = &p->next;
         }
     }
+    barriers_sweep(n, now, 0);
+    waiters_sweep(n, now, 0);
+    maybe_publish(n);
     n->dirty = true;
 }
 
@@ -674,6 +1130,8 @@ static void signal_cb(uv_signal_t *s, int signum) {
 }
 
 static void cancel_all(struct node *n) {
+    barriers_sweep(n, 0, -ECANCELED);
+    waiters_sweep(n, 0, -ECANCELED);
     drain_queue(n);
     for (unsigned b = 0; b < PENDING_BUCKETS; b++) {
         while (n->pending[b]) {
@@ -825,6 +1283,7 @@ int server_run(const struct server_config *cfg) {
     if (uv_loop_init(&n->loop) != 0) goto err_free;
 
     if (open_store(n)) goto err_loop;
+    members_load(n);
     if (start_raft(n)) goto err_store;
     uv_check_init(&n->loop, &n->check);
     n->check.data = n;

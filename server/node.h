@@ -11,6 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <uv.h>
+
+#include "server/server.h"
 #include "store/store.h"
 
 struct node;
@@ -46,5 +49,69 @@ void node__fs_backend(struct node *n, struct fs_backend *be);
 
 /* Maps a store/raft error code to the errno a filesystem caller expects. */
 int node__errno(int rc);
+
+/* ---------------------------------------------------------------------
+ * Loop-thread services for the etcd API (server/etcd_*.c). Every function
+ * below must be called on the node loop thread, and every callback runs
+ * there.
+ */
+
+uv_loop_t *node__loop(struct node *n);
+const struct server_config *node__config(struct node *n);
+
+/* A cluster member as etcd's Member message shows it. */
+struct node_member {
+    uint64_t id;
+    char name[SERVER_NAME_MAX];
+    char peer_urls[SERVER_URL_MAX];   /* comma-separated */
+    char client_urls[SERVER_URL_MAX]; /* comma-separated; "" until published */
+    bool learner;
+};
+
+struct node_status {
+    uint64_t id;        /* this member */
+    uint64_t leader;    /* 0 = none known */
+    uint64_t term;
+    uint64_t commit;    /* Raft commit index (etcd's raftIndex) */
+    uint64_t applied;   /* etcd's raftAppliedIndex */
+    uint64_t cluster_id;
+    bool learner;       /* this member is a learner */
+    size_t n_members;
+    struct node_member members[SERVER_MEMBERS_MAX];
+};
+void node__status(struct node *n, struct node_status *st);
+
+/* Linearizable read barrier (ReadIndex): cb(arg, 0) once this node has
+ * applied everything the leader had committed when the barrier was asked
+ * and the leader confirmed it still leads; cb(arg, -ETIMEDOUT) after the
+ * request timeout; cb(arg, -ECANCELED) at shutdown. */
+typedef void (*node_barrier_cb)(void *arg, int err);
+int node__read_barrier(struct node *n, node_barrier_cb cb, void *arg);
+
+/*
+ * Membership change (etcd MemberAdd/Remove/Promote/Update) through Raft:
+ * type is RAFT_CC_ADD_VOTER (add, or promote a learner), RAFT_CC_ADD_LEARNER
+ * or RAFT_CC_REMOVE; m describes the member (m->id 0 for an add: an id is
+ * assigned and written back into *m before the call returns). For an update
+ * (type -1) only the peer URLs change. cb(arg, 0) once the change was
+ * applied on this node; cb(arg, err) on failure (-ETIMEDOUT, -EBUSY when
+ * another change is pending, -ENOENT unknown member, -EEXIST duplicate peer
+ * URL, -EPERM promoting a learner that is not caught up). m is copied.
+ */
+#define NODE_MEMBER_UPDATE (-1)
+int node__member_change(struct node *n, int type, struct node_member *m, node_barrier_cb cb,
+                        void *arg);
+
+/* Leadership transfer to member `to` (etcd MoveLeader). cb(arg, 0) once
+ * `to` leads, or an error (-ENOENT, -EPERM not leader, -ETIMEDOUT). */
+int node__transfer_leader(struct node *n, uint64_t to, node_barrier_cb cb, void *arg);
+
+/* Hooks. The apply hook runs after every applied request that changed or
+ * read something (watch fan-out, lease bookkeeping), in index order, with
+ * the result as the store produced it. The leader hook runs whenever this
+ * member gains or loses leadership. One of each; NULL to unset. */
+typedef void (*node_apply_hook)(void *ctx, const struct store_result *res);
+typedef void (*node_leader_hook)(void *ctx, bool leading);
+void node__set_hooks(struct node *n, node_apply_hook apply, node_leader_hook leader, void *ctx);
 
 #endif /* QUORUMFS_SERVER_NODE_H */
