@@ -4,9 +4,11 @@
  * --request-timeout). With no flags at all a node is a single-member cluster
  * with its data in ./data and the key space mounted at ./mnt.
  *
- * Member ids are derived deterministically from the member's name, peer URL
+ * Member ids are derived deterministically from the member's first peer URL
  * and the cluster token (FNV-1a), so every node computes the same ids from
- * the same --initial-cluster without talking to the others.
+ * the same --initial-cluster without talking to the others, and a member
+ * added at run time (which etcd's MemberAdd names by its peer URLs only)
+ * computes the id the cluster gave it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -141,17 +143,17 @@ static int parse_cluster(struct server_config *cfg, const char *spec, char *err,
     return 0;
 }
 
+uint64_t server_member_id(const char *peer_url, const char *token) {
+    uint64_t h = 14695981039346656037ull;
+    h = fnv1a(h, peer_url);
+    h = fnv1a(h, "\n");
+    h = fnv1a(h, token);
+    return h ? h : 1; /* 0 is Raft's "none" */
+}
+
 static void assign_ids(struct server_config *cfg) {
-    for (size_t i = 0; i < cfg->n_members; i++) {
-        uint64_t h = 14695981039346656037ull;
-        h = fnv1a(h, cfg->members[i].name);
-        h = fnv1a(h, "\n");
-        h = fnv1a(h, cfg->members[i].peer_url);
-        h = fnv1a(h, "\n");
-        h = fnv1a(h, cfg->initial_cluster_token);
-        if (h == 0) h = 1; /* 0 is Raft's "none" */
-        cfg->members[i].id = h;
-    }
+    for (size_t i = 0; i < cfg->n_members; i++)
+        cfg->members[i].id = server_member_id(cfg->members[i].peer_url, cfg->initial_cluster_token);
 }
 
 int server_config_parse(struct server_config *cfg, int argc, char **argv, char *err,

@@ -381,6 +381,22 @@ static void waiter_finish(struct waiter **wp, int err) {
     free(w);
 }
 
+/* The handshake compares member lists: keep the transport's in step with
+ * the member table (id and first peer URL of each member). */
+static void net_set_members(struct node *n) {
+    if (!n->net) return;
+    struct net_member nm[SERVER_MEMBERS_MAX];
+    char urls[SERVER_MEMBERS_MAX][SERVER_URL_MAX];
+    for (size_t i = 0; i < n->n_members; i++) {
+        size_t ul = strcspn(n->members[i].peer_urls, ",");
+        memcpy(urls[i], n->members[i].peer_urls, ul);
+        urls[i][ul] = '\0';
+        nm[i] = (struct net_member){n->members[i].id, urls[i]};
+    }
+    int rc = net_transport_set_members(n->net, nm, n->n_members);
+    if (rc) logf_("cannot update the peer member list: %s", net_strerror(rc));
+}
+
 /* A conf change was applied: keep the member table in step with Raft. */
 static void members_apply_conf(struct node *n, const struct raft_conf_change *cc, int rc) {
     if (rc == 0) {
@@ -408,6 +424,7 @@ static void members_apply_conf(struct node *n, const struct raft_conf_change *cc
             }
         }
         members_save(n);
+        net_set_members(n);
     }
     struct waiter *w = n->conf_waiter;
     if (w && w->member_id == cc->node_id) waiter_finish(&n->conf_waiter, rc ? -EINVAL : 0);
@@ -519,13 +536,14 @@ int node__member_change(struct node *n, int type, struct node_member *m, node_ba
         for (size_t i = 0; i < n->n_members; i++)
             if (strcmp(n->members[i].peer_urls, m->peer_urls) == 0) return -EEXIST;
         if (n->n_members >= SERVER_MEMBERS_MAX) return -ENOSPC;
-        /* etcd derives ids from the peer URLs, cluster and time. */
-        uint64_t h = 14695981039346656037ull ^ n->cluster_id ^ uv_hrtime();
-        for (const char *c = m->peer_urls; *c; c++) {
-            h ^= (unsigned char)*c;
-            h *= 1099511628211ull;
-        }
-        m->id = h ? h : 1;
+        /* The id the new member computes for itself from its first peer
+         * URL and the cluster token. */
+        char url[SERVER_URL_MAX];
+        size_t ul = strcspn(m->peer_urls, ",");
+        memcpy(url, m->peer_urls, ul);
+        url[ul] = '\0';
+        m->id = server_member_id(url, n->cfg->initial_cluster_token);
+        if (member_find(n, m->id)) return -EEXIST;
     }
     struct waiter *w = calloc(1, sizeof *w);
     if (!w) return -ENOMEM;
@@ -1209,15 +1227,10 @@ static int start_net(struct node *n) {
         logf_("cannot create %s: %s", snapdir, strerror(errno));
         return -1;
     }
-    struct net_member members[SERVER_MEMBERS_MAX];
-    for (size_t i = 0; i < cfg->n_members; i++)
-        members[i] = (struct net_member){cfg->members[i].id, cfg->members[i].peer_url};
     struct net_options opt = {
         .id = n->id,
         .listen_url = url,
         .cluster_token = cfg->initial_cluster_token,
-        .members = members,
-        .n_members = cfg->n_members,
         .snapshot_dir = snapdir,
         .cb = {
             .on_message = on_peer_message,
@@ -1231,12 +1244,17 @@ static int start_net(struct node *n) {
         logf_("cannot listen for peers on %s: %s", url, net_strerror(rc));
         return -1;
     }
-    for (size_t i = 0; i < cfg->n_members; i++) {
-        if (cfg->members[i].id == n->id) continue;
-        rc = net_transport_add_peer(n->net, cfg->members[i].id, cfg->members[i].peer_url);
+    net_set_members(n);
+    for (size_t i = 0; i < n->n_members; i++) {
+        const struct node_member *m = &n->members[i];
+        if (m->id == n->id) continue;
+        char purl[SERVER_URL_MAX];
+        size_t pl = strcspn(m->peer_urls, ",");
+        memcpy(purl, m->peer_urls, pl);
+        purl[pl] = '\0';
+        rc = net_transport_add_peer(n->net, m->id, purl);
         if (rc) {
-            logf_("peer %s (%s): %s", cfg->members[i].name, cfg->members[i].peer_url,
-                  net_strerror(rc));
+            logf_("peer %s (%s): %s", m->name, purl, net_strerror(rc));
             return -1;
         }
     }

@@ -58,6 +58,9 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
                         size_t errlen);
 void server_config_usage(FILE *out);
 
+/* The member id of the member whose first peer URL is peer_url. */
+uint64_t server_member_id(const char *peer_url, const char *token);
+
 /* Runs a node until SIGINT/SIGTERM; returns the process exit code. */
 int server_run(const struct server_config *cfg);
 
