@@ -76,6 +76,18 @@ const char *raft_strerror(int rc);
 #define RAFT_DECODE_ENTRIES_MAX 65536
 #define RAFT_DECODE_BYTES_MAX (64u * 1024u * 1024u)
 
+/*
+ * Largest data of one proposed entry (raft_propose: RAFT_ETOOBIG beyond it),
+ * so that an entry always fits in a message the decoder accepts.
+ */
+#define RAFT_ENTRY_BYTES_MAX (RAFT_DECODE_BYTES_MAX / 4u)
+
+/*
+ * Context of the VOTE messages of a leadership-transfer campaign: voters
+ * grant such votes even while they still hear from a leader (lease).
+ */
+#define RAFT_TRANSFER_CONTEXT "transfer"
+
 /* Node id 0 means "none" (no leader, no vote). */
 #define RAFT_NONE 0u
 
@@ -152,7 +164,8 @@ enum raft_msg_type {
     RAFT_MSG_READ_INDEX = 10,     /* follower forwards a read_index request */
     RAFT_MSG_READ_INDEX_RESP = 11,
     RAFT_MSG_TIMEOUT_NOW = 12,    /* leadership transfer: campaign now */
-    RAFT_MSG_TRANSFER_LEADER = 13, /* follower asks the leader to transfer */
+    RAFT_MSG_TRANSFER_LEADER = 13, /* follower asks the leader to transfer to
+                                      `index` (etcd style: `from` if index is 0) */
     RAFT_MSG_TYPE_COUNT_ = 14
 };
 
@@ -261,7 +274,8 @@ struct raft_config {
     unsigned heartbeat_tick;      /* ticks between leader heartbeats; < election_tick */
     uint64_t applied;             /* last index the driver applied before (re)starting */
     uint64_t max_size_per_msg;    /* bytes of entry data per APP message (>=1 entry always) */
-    unsigned max_inflight_msgs;   /* APP messages in flight per follower while replicating */
+    unsigned max_inflight_msgs;   /* APP messages in flight per follower while replicating
+                                     (0 = 256; at most 65536) */
     uint64_t max_committed_size_per_update; /* bytes of committed entries per update; 0 = no limit */
     bool check_quorum;            /* leader steps down without a quorum's contact in an election timeout */
     bool pre_vote;                /* pre-vote phase before incrementing the term */
