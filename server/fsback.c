@@ -26,6 +26,7 @@ static int copy_kv(const struct store_kv *src, struct fs_kv *dst, int with_value
     if (!dst->key) return -ENOMEM;
     memcpy(dst->key, src->key.base, src->key.len);
     dst->key_len = src->key.len;
+    dst->value_len = src->value.len; /* the size, even without the bytes */
     if (with_value && src->value.len) {
         dst->value = malloc(src->value.len);
         if (!dst->value) {
@@ -33,7 +34,6 @@ static int copy_kv(const struct store_kv *src, struct fs_kv *dst, int with_value
             return -ENOMEM;
         }
         memcpy(dst->value, src->value.base, src->value.len);
-        dst->value_len = src->value.len;
     }
     dst->create_revision = src->create_revision;
     dst->mod_revision = src->mod_revision;
@@ -78,7 +78,8 @@ static int be_range(void *data, const char *start, size_t start_len, const char 
         .range_end = end ? (struct store_bytes){end, end_len}
                          : (struct store_bytes){range_all, 1},
         .limit = (int64_t)limit,
-        .keys_only = keys_only != 0,
+        /* fs needs value sizes even for keys_only: the store's keys_only
+         * drops them (etcd semantics), so values are read and not copied. */
         .skip_count = true,
     };
     struct store_range_result r = {0};

@@ -34,6 +34,7 @@
 #include "fs/fs.h"
 #include "net/net.h"
 #include "raft/raft.h"
+#include "server/etcd.h"
 #include "server/node.h"
 #include "server/server.h"
 #include "store/store.h"
@@ -1307,6 +1308,10 @@ int server_run(const struct server_config *cfg) {
     n->check.data = n;
     uv_check_start(&n->check, check_cb);
     if (start_net(n)) goto err_handles;
+    if (etcd__start(n, &n->api)) {
+        logf_("cannot serve clients on %s", cfg->listen_client_urls);
+        goto err_handles;
+    }
 
     uv_timer_init(&n->loop, &n->tick_timer);
     n->tick_timer.data = n;
@@ -1354,6 +1359,11 @@ err_handles:
         n->fs_started = false;
     }
     cancel_all(n);
+    if (n->api) {
+        etcd__stop(n->api);
+        n->api = NULL;
+        uv_run(&n->loop, UV_RUN_NOWAIT);
+    }
     if (n->net) {
         net_transport_close(n->net, NULL);
         n->net = NULL;
