@@ -29,10 +29,18 @@
 
 #include <uv.h>
 
+
 #include "api/api.h"
 #include "mvccpb/kv.pb-c.h"
 #include "server/node.h"
 #include "store/store.h"
+
+/* Programmer errors: stays on in release builds. */
+#define ETCD_ASSERT(cond)                                                              \
+    do {                                                                               \
+        if (!(cond)) etcd__assert_fail(#cond, __FILE__, __LINE__);                     \
+    } while (0)
+_Noreturn void etcd__assert_fail(const char *expr, const char *file, int line);
 
 /* ------------------------------------------------------------------ entry */
 

@@ -10,6 +10,7 @@
  *   MOD_EQ  -> mod_revision = R         MOD_LE -> mod_revision < R + 1
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,6 +144,18 @@ static void submit_done(void *arg, int err, const struct store_result *res) {
     free(c);
 }
 
+/* True if an op after ops[i] puts the key ops[i] names. */
+static bool later_put(const struct fs_txn *txn, size_t i) {
+    const struct fs_op *d = &txn->ops[i];
+    for (size_t j = i + 1; j < txn->n_ops; j++) {
+        const struct fs_op *p = &txn->ops[j];
+        if (p->type == FS_OP_PUT && p->key_len == d->key_len &&
+            memcmp(p->key, d->key, d->key_len) == 0)
+            return true;
+    }
+    return false;
+}
+
 static int be_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb done_cb, void *arg) {
     struct node *n = data;
     int rc = 0;
@@ -184,9 +197,14 @@ static int be_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb done_c
             goto out;
         }
     }
+    size_t n_ops = 0;
     for (size_t i = 0; i < txn->n_ops; i++) {
         const struct fs_op *f = &txn->ops[i];
-        struct store_op *s = &ops[i];
+        /* etcd refuses a txn that deletes and puts one key ("duplicate key
+         * given in txn request"); a delete followed by a put of the same
+         * key is the put alone. */
+        if (f->type == FS_OP_DELETE && later_put(txn, i)) continue;
+        struct store_op *s = &ops[n_ops++];
         switch (f->type) {
         case FS_OP_PUT:
             s->type = STORE_OP_PUT;
@@ -226,7 +244,7 @@ static int be_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb done_c
     struct store_request req = {.type = STORE_REQ_TXN};
     req.u.txn.n_compare = txn->n_cmps;
     req.u.txn.compare = cmps;
-    req.u.txn.n_success = txn->n_ops;
+    req.u.txn.n_success = n_ops;
     req.u.txn.success = ops;
     c->done_cb = done_cb;
     c->arg = arg;

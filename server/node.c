@@ -1286,6 +1286,14 @@ static int start_raft(struct node *n) {
     /* A single voter need not wait an election timeout to lead. */
     struct raft_status st;
     raft_status(n->raft, &st);
+    bool listed = false;
+    for (uint32_t i = 0; i < st.conf.n_voters; i++) listed |= st.conf.voters[i] == n->id;
+    for (uint32_t i = 0; i < st.conf.n_learners; i++) listed |= st.conf.learners[i] == n->id;
+    if (!listed && st.conf.n_voters > 0)
+        logf_("warning: this member (%016" PRIx64 ") is not in the stored cluster configuration; "
+              "member ids derive from the first peer URL and the cluster token, so a changed "
+              "--initial-advertise-peer-urls or --initial-cluster-token makes a new member",
+              n->id);
     if (st.conf.n_voters == 1 && st.conf.voters[0] == n->id) raft_campaign(n->raft);
     return 0;
 }

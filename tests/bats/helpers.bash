@@ -32,7 +32,13 @@ qfs_start() {
   local dir=$QFS_TMP/$name
   mkdir -p "$dir/mnt"
   local cport pport
-  cport=$(free_port); pport=$(free_port)
+  # A restart keeps its ports: the member id derives from the peer URL.
+  if [ -f "$dir/ports" ]; then
+    read -r cport pport <"$dir/ports"
+  else
+    cport=$(free_port); pport=$(free_port)
+    echo "$cport $pport" >"$dir/ports"
+  fi
   "$QFS_BIN" --name "$name" --data-dir "$dir/data" --mount "$dir/mnt" \
     --listen-client-urls "http://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" "$@" \
@@ -64,10 +70,9 @@ qfs_kill() {
   wait_until 20 sh -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -f "$dir/pid"
-  # After SIGKILL the mount stays behind, disconnected: detach it.
-  if mountpoint -q "$dir/mnt" 2>/dev/null; then
-    fusermount3 -uz "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt" 2>/dev/null || true
-  fi
+  # After SIGKILL the mount stays behind, disconnected (mountpoint(1) cannot
+  # even tell: stat fails with ENOTCONN): detach it whatever state it is in.
+  fusermount3 -uz "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt" 2>/dev/null || true
 }
 
 qfs_setup() {
@@ -88,7 +93,7 @@ qfs_teardown_keep_ns() {
     [ -d "$d" ] && qfs_kill "$(basename "$d")" KILL
   done
   for d in "$QFS_TMP"/*/mnt; do
-    mountpoint -q "$d" 2>/dev/null && { fusermount3 -uz "$d" 2>/dev/null || umount -l "$d"; }
+    fusermount3 -uz "$d" 2>/dev/null || umount -l "$d" 2>/dev/null || true
   done
   return 0
 }

@@ -1,0 +1,395 @@
+/*
+ * etcd_main.c - start and stop of the etcd v3 services, the table of
+ * api_backend entries, the node hooks they ride on, response headers, the
+ * mapping of our error codes to etcd's gRPC statuses, and the arena that
+ * holds one answer's protobuf tree.
+ *
+ * Life of struct etcd: created by etcd__start(), marked stopping by
+ * etcd__stop(), freed when its reference count drops to zero: one reference
+ * for the api server (released by its close_cb), one per open libuv handle
+ * of the services (released by the handle's close callback), one per node
+ * callback still to come (submissions, barriers, membership changes). A
+ * callback that arrives after the stop still finds the struct and answers
+ * its call. Everything runs on the node loop thread.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server/etcd.h"
+#include "server/server.h"
+
+_Noreturn void etcd__assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "quorumfs: assertion failed: %s (%s:%d)\n", expr, file, line);
+    abort();
+}
+
+/* --------------------------------------------------------------- arena */
+
+/* Smallest chunk the arena asks malloc for. */
+#define ARENA_CHUNK_BYTES 4096u
+#define ARENA_ALIGN 16u
+
+struct etcd_arena_chunk {
+    struct etcd_arena_chunk *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+};
+
+void *etcd__alloc(struct etcd_arena *a, size_t n) {
+    n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (n == 0) n = ARENA_ALIGN;
+    struct etcd_arena_chunk *c = a->head;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > ARENA_CHUNK_BYTES ? n : ARENA_CHUNK_BYTES;
+        c = malloc(sizeof *c + cap);
+        if (!c) return NULL;
+        c->used = 0;
+        c->cap = cap;
+        c->next = a->head;
+        a->head = c;
+    }
+    void *p = c->data + c->used;
+    c->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+void *etcd__memdup(struct etcd_arena *a, const void *p, size_t n) {
+    void *q = etcd__alloc(a, n);
+    if (q && n) memcpy(q, p, n);
+    return q;
+}
+
+void etcd__arena_free(struct etcd_arena *a) {
+    while (a->head) {
+        struct etcd_arena_chunk *c = a->head;
+        a->head = c->next;
+        free(c);
+    }
+}
+
+/* --------------------------------------------------------------- errors */
+
+struct grpc_err {
+    int rc;
+    enum api_grpc_code code;
+    const char *msg;
+};
+
+static const struct grpc_err grpc_errs[] = {
+    {STORE_ECOMPACTED, API_GRPC_OUT_OF_RANGE,
+     "etcdserver: mvcc: required revision has been compacted"},
+    {STORE_EFUTUREREV, API_GRPC_OUT_OF_RANGE,
+     "etcdserver: mvcc: required revision is a future revision"},
+    {STORE_ENOSPACE, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"},
+    {STORE_ETOOLARGE, API_GRPC_INVALID_ARGUMENT, "etcdserver: request is too large"},
+    /* etcd bounds keys only by the request size. */
+    {STORE_EKEYTOOLARGE, API_GRPC_INVALID_ARGUMENT, "etcdserver: request is too large"},
+    {STORE_EKEYEMPTY, API_GRPC_INVALID_ARGUMENT, "etcdserver: key is not provided"},
+    {STORE_ELEASENOTFOUND, API_GRPC_NOT_FOUND, "etcdserver: requested lease not found"},
+    {STORE_ETOOMANYOPS, API_GRPC_INVALID_ARGUMENT,
+     "etcdserver: too many operations in txn request"},
+    {STORE_EDUPLICATEKEY, API_GRPC_INVALID_ARGUMENT,
+     "etcdserver: duplicate key given in txn request"},
+    {STORE_EKEYNOTFOUND, API_GRPC_INVALID_ARGUMENT, "etcdserver: key not found"},
+    {STORE_EVALUEPROVIDED, API_GRPC_INVALID_ARGUMENT, "etcdserver: value is provided"},
+    {STORE_ELEASEPROVIDED, API_GRPC_INVALID_ARGUMENT, "etcdserver: lease is provided"},
+    {STORE_ELEASEEXISTS, API_GRPC_FAILED_PRECONDITION, "etcdserver: lease already exists"},
+    {STORE_ELEASETTLTOOLARGE, API_GRPC_OUT_OF_RANGE, "etcdserver: too large lease TTL"},
+    {STORE_ENOMEM, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: out of memory"},
+    {-ENOMEM, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: out of memory"},
+    {-ETIMEDOUT, API_GRPC_UNAVAILABLE, "etcdserver: request timed out"},
+    {-ECANCELED, API_GRPC_UNAVAILABLE, "etcdserver: server stopped"},
+    {-EAGAIN, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: too many requests"},
+    {RAFT_ENOLEADER, API_GRPC_UNAVAILABLE, "etcdserver: no leader"},
+    {ETCD_ENOLEADER, API_GRPC_UNAVAILABLE, "etcdserver: no leader"},
+    {ETCD_ENOTLEADER, API_GRPC_FAILED_PRECONDITION, "etcdserver: not leader"},
+    {ETCD_EMEMBERNOTFOUND, API_GRPC_NOT_FOUND, "etcdserver: member not found"},
+    {ETCD_EPEERURLEXISTS, API_GRPC_FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"},
+    {ETCD_EMEMBERBADURLS, API_GRPC_INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"},
+    {ETCD_EMEMBERNOTLEARNER, API_GRPC_FAILED_PRECONDITION,
+     "etcdserver: can only promote a learner member"},
+    {ETCD_ELEARNERNOTREADY, API_GRPC_FAILED_PRECONDITION,
+     "etcdserver: can only promote a learner member which is in sync with leader"},
+    {ETCD_EUNHEALTHY, API_GRPC_UNAVAILABLE, "etcdserver: unhealthy cluster"},
+    {ETCD_EBADTRANSFEREE, API_GRPC_FAILED_PRECONDITION, "etcdserver: bad leader transferee"},
+    {ETCD_ELEARNERRPC, API_GRPC_UNAVAILABLE, "etcdserver: rpc not supported for learner"},
+    {ETCD_ETOOMANYREQUESTS, API_GRPC_RESOURCE_EXHAUSTED, "etcdserver: too many requests"},
+    {ETCD_ESTOPPED, API_GRPC_UNAVAILABLE, "etcdserver: server stopped"},
+    /* Not in etcd's toGRPCErrorMap: its clients see UNKNOWN. */
+    {ETCD_ETRANSFERTIMEOUT, API_GRPC_UNKNOWN,
+     "etcdserver: request timed out, leader transfer took too long"},
+};
+
+enum api_grpc_code etcd__grpc_error(int rc, const char **message) {
+    for (size_t i = 0; i < sizeof grpc_errs / sizeof grpc_errs[0]; i++) {
+        if (grpc_errs[i].rc == rc) {
+            *message = grpc_errs[i].msg;
+            return grpc_errs[i].code;
+        }
+    }
+    /* etcd answers errors it has no mapping for with UNKNOWN and the text. */
+    *message = store_strerror(rc);
+    return API_GRPC_UNKNOWN;
+}
+
+void etcd__reply_error(struct api_call *call, int rc) {
+    const char *msg;
+    enum api_grpc_code code = etcd__grpc_error(rc, &msg);
+    api_reply_error(call, code, msg);
+}
+
+/* --------------------------------------------------------------- state */
+
+void etcd__ref(struct etcd *e) { e->refs++; }
+
+static void etcd_free(struct etcd *e) {
+    etcd__watch_free(e);
+    etcd__lease_free(e);
+    free(e);
+}
+
+void etcd__unref(struct etcd *e) {
+    ETCD_ASSERT(e->refs > 0);
+    if (--e->refs == 0) etcd_free(e);
+}
+
+const struct node_status *etcd__status(struct etcd *e) {
+    uint64_t now = uv_now(e->loop);
+    if (!e->st_valid || e->st_ms != now) {
+        node__status(e->node, &e->st);
+        e->st_ms = now;
+        e->st_valid = true;
+    }
+    return &e->st;
+}
+
+void etcd__status_invalidate(struct etcd *e) { e->st_valid = false; }
+
+int64_t etcd__current_revision(struct etcd *e) {
+    int64_t rev = store_current_revision(node__store_acquire(e->node));
+    node__store_release(e->node);
+    return rev;
+}
+
+void etcd__header(struct etcd *e, Etcdserverpb__ResponseHeader *h, int64_t rev) {
+    const struct node_status *st = etcd__status(e);
+    h->cluster_id = st->cluster_id;
+    h->member_id = st->id;
+    h->raft_term = st->term;
+    h->revision = rev ? rev : etcd__current_revision(e);
+}
+
+/* --------------------------------------------------------------- alarms */
+
+void etcd__alarm_nospace(struct etcd *e) {
+    uint64_t id = etcd__status(e)->id;
+    for (size_t i = 0; i < e->n_alarms; i++)
+        if (e->alarms[i].member_id == id &&
+            e->alarms[i].type == ETCDSERVERPB__ALARM_TYPE__NOSPACE)
+            return;
+    if (e->n_alarms == ETCD_ALARMS_MAX) return;
+    e->alarms[e->n_alarms++] =
+        (struct etcd_alarm){.member_id = id, .type = ETCDSERVERPB__ALARM_TYPE__NOSPACE};
+}
+
+bool etcd__alarm_blocks_puts(const struct etcd *e) {
+    /* etcd's applierV3Capped: any NOSPACE alarm refuses puts and grants. */
+    for (size_t i = 0; i < e->n_alarms; i++)
+        if (e->alarms[i].type == ETCDSERVERPB__ALARM_TYPE__NOSPACE) return true;
+    return false;
+}
+
+/* --------------------------------------------------------------- submit */
+
+struct submit {
+    struct etcd *e;
+    node_done_cb cb;
+    void *arg;
+};
+
+static void submit_done(void *arg, int err, const struct store_result *res) {
+    struct submit *s = arg;
+    struct etcd *e = s->e;
+    /* The node may report a rejected request through err, res or both. */
+    int rc = err ? err : (res ? res->err : 0);
+    if (rc == STORE_ENOSPACE) etcd__alarm_nospace(e);
+    s->cb(s->arg, err, res);
+    free(s);
+    etcd__unref(e);
+}
+
+static bool request_puts(const struct store_request *req) {
+    if (req->type == STORE_REQ_LEASE_GRANT) return true;
+    return req->type == STORE_REQ_TXN && etcd__txn_writes(&req->u.txn, false);
+}
+
+int etcd__submit(struct etcd *e, struct store_request *req, node_done_cb cb, void *arg) {
+    if (e->stopping) return ETCD_ESTOPPED;
+    if (etcd__alarm_blocks_puts(e) && request_puts(req)) return STORE_ENOSPACE;
+    struct submit *s = malloc(sizeof *s);
+    if (!s) return -ENOMEM;
+    *s = (struct submit){e, cb, arg};
+    etcd__ref(e); /* before: a callback may come within the call */
+    int rc = node__submit(e->node, req, NODE_ORIGIN_CLIENT, submit_done, s);
+    if (rc) {
+        free(s);
+        if (rc == STORE_ENOSPACE) etcd__alarm_nospace(e);
+        etcd__unref(e);
+        return rc;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- hooks */
+
+static void apply_hook(void *ctx, const struct store_result *res) {
+    struct etcd *e = ctx;
+    etcd__lease_on_apply(e, res);
+    etcd__watch_on_apply(e, res);
+}
+
+static void leader_hook(void *ctx, bool leading) {
+    struct etcd *e = ctx;
+    etcd__status_invalidate(e);
+    etcd__lease_on_leader(e, leading);
+}
+
+static void stream_drained(void *ctx, struct api_stream *stream) {
+    struct etcd *e = ctx;
+    const int *kind = api_stream_data(stream);
+    if (!kind) return;
+    if (*kind == ETCD_STREAM_WATCH) etcd__watch_drained(e, stream);
+    else if (*kind == ETCD_STREAM_SNAPSHOT) etcd__snapshot_drained(e, stream);
+    /* Keepalive answers are small and never wait for room. */
+}
+
+/* --------------------------------------------------------------- registry */
+
+/* etcd__stop() receives the api server; this finds its services. A process
+ * runs one node, tests a few: a list is enough. */
+struct reg {
+    struct reg *next;
+    struct api_server *api;
+    struct etcd *e;
+};
+static struct reg *registry;
+
+static int reg_add(struct api_server *api, struct etcd *e) {
+    struct reg *r = malloc(sizeof *r);
+    if (!r) return -ENOMEM;
+    *r = (struct reg){registry, api, e};
+    registry = r;
+    return 0;
+}
+
+static struct etcd *reg_take(struct api_server *api) {
+    for (struct reg **rp = &registry; *rp; rp = &(*rp)->next) {
+        if ((*rp)->api == api) {
+            struct reg *r = *rp;
+            struct etcd *e = r->e;
+            *rp = r->next;
+            free(r);
+            return e;
+        }
+    }
+    return NULL;
+}
+
+/* --------------------------------------------------------------- start/stop */
+
+static const struct api_backend backend_template = {
+    .range = etcd__kv_range,
+    .put = etcd__kv_put,
+    .delete_range = etcd__kv_delete_range,
+    .txn = etcd__kv_txn,
+    .compact = etcd__kv_compact,
+    .watch_open = etcd__watch_open,
+    .watch_request = etcd__watch_request,
+    .watch_end = etcd__watch_end,
+    .lease_grant = etcd__lease_grant,
+    .lease_revoke = etcd__lease_revoke,
+    .lease_keep_alive_open = etcd__lease_keep_alive_open,
+    .lease_keep_alive_request = etcd__lease_keep_alive_request,
+    .lease_keep_alive_end = etcd__lease_keep_alive_end,
+    .lease_time_to_live = etcd__lease_time_to_live,
+    .lease_leases = etcd__lease_leases,
+    .member_add = etcd__member_add,
+    .member_remove = etcd__member_remove,
+    .member_update = etcd__member_update,
+    .member_list = etcd__member_list,
+    .member_promote = etcd__member_promote,
+    .alarm = etcd__alarm,
+    .status = etcd__status_rpc,
+    .defragment = etcd__defragment,
+    .hash = etcd__hash,
+    .hash_kv = etcd__hash_kv,
+    .snapshot = etcd__snapshot,
+    .snapshot_end = etcd__snapshot_end,
+    .move_leader = etcd__move_leader,
+    .stream_drained = stream_drained,
+};
+
+static void server_closed(void *data) { etcd__unref(data); }
+
+/* Stops everything but the api server; shared by etcd__stop() and a failed
+ * start. */
+static void stop_services(struct etcd *e) {
+    e->stopping = true;
+    node__set_hooks(e->node, NULL, NULL, NULL);
+    etcd__snapshot_stop_all(e);
+    etcd__watch_stop(e);
+    etcd__lease_stop(e);
+}
+
+int etcd__start(struct node *n, struct api_server **out) {
+    struct etcd *e = calloc(1, sizeof *e);
+    if (!e) return -ENOMEM;
+    e->node = n;
+    e->loop = node__loop(n);
+    e->cfg = node__config(n);
+    e->refs = 1; /* the api server, released by server_closed() */
+    e->max_request_bytes =
+        e->cfg->max_request_bytes ? e->cfg->max_request_bytes : API_MAX_REQUEST_BYTES_DEFAULT;
+    int rc = etcd__watch_init(e);
+    if (rc == 0) rc = etcd__lease_init(e);
+    if (rc) goto err_services;
+
+    struct api_backend be = backend_template;
+    be.ctx = e;
+    struct api_options opt = {
+        .listen_client_urls = e->cfg->listen_client_urls,
+        .cert_file = e->cfg->cert_file[0] ? e->cfg->cert_file : NULL,
+        .key_file = e->cfg->key_file[0] ? e->cfg->key_file : NULL,
+        .max_request_bytes = e->max_request_bytes,
+    };
+    rc = api_server_new(e->loop, &opt, &be, &e->api);
+    if (rc) goto err_services;
+    rc = reg_add(e->api, e);
+    if (rc) {
+        stop_services(e);
+        api_server_close(e->api, server_closed, e);
+        return rc;
+    }
+    node__set_hooks(n, apply_hook, leader_hook, e);
+    /* The hook reports changes of leadership; this member may lead already. */
+    const struct node_status *st = etcd__status(e);
+    if (st->leader != 0 && st->leader == st->id) etcd__lease_on_leader(e, true);
+    *out = e->api;
+    return 0;
+
+err_services:
+    stop_services(e);
+    etcd__unref(e); /* freed once the timers' close callbacks ran */
+    return rc;
+}
+
+void etcd__stop(struct api_server *s) {
+    struct etcd *e = reg_take(s);
+    if (!e) return;
+    stop_services(e);
+    api_server_close(e->api, server_closed, e);
+}

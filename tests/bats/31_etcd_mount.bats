@@ -1,0 +1,187 @@
+#!/usr/bin/env bats
+# etcdctl and the mounts of a three-member cluster (private network
+# namespace, nodes on 127.0.0.11-13, clients on port 2379): a change made
+# through the etcd API shows up in every node's mount with the inotify
+# events a local writer would cause, and a file written through a mount
+# is the key etcdctl reads, with the revisions and version the xattrs show.
+
+load helpers
+load etcd_helpers
+
+setup() {
+  cluster_setup
+  : >"$QFS_TMP/bg.pids"
+}
+
+teardown() {
+  local pid
+  while read -r pid; do [ -n "$pid" ] && bg_stop "$pid"; done <"$QFS_TMP/bg.pids"
+  cluster_teardown
+}
+
+# ectl I ARGS...: etcdctl against node I, from inside the namespace.
+ectl() {
+  local i=$1; shift
+  in_ns timeout 30 "$ETCDCTL_BIN" --endpoints="http://$(node_ip "$i"):2379" "$@"
+}
+
+has_value() { [ "$(cat "$1/$2" 2>/dev/null)" = "$3" ]; }
+xattr() { getfattr --only-values -n "user.quorumfs.$2" "$1" 2>/dev/null; }
+
+# kv_json I KEY: "create mod version value" of KEY as node I's etcd API
+# reports it (linearizable get; -w json carries keys and values base64).
+kv_json() {
+  ectl "$1" get "$2" -w json | python3 -c '
+import base64, json, sys
+o = json.load(sys.stdin)
+kv = (o.get("kvs") or [None])[0]
+if kv is None:
+    print("absent")
+else:
+    print(kv.get("create_revision", 0), kv.get("mod_revision", 0), kv.get("version", 0),
+          base64.b64decode(kv.get("value", "")).decode())
+'
+}
+
+# xattr_kv MNT PATH VALUE: "create mod version VALUE" from the file's xattrs.
+xattr_kv() {
+  printf '%s %s %s %s\n' "$(xattr "$1/$2" create_revision)" "$(xattr "$1/$2" mod_revision)" \
+    "$(xattr "$1/$2" version)" "$3"
+}
+
+# watch_events I DIR: inotifywait -m -r on node I's DIR into $QFS_TMP/evI,
+# returning once its watches are established.
+watch_events() {
+  local i=$1 dir=$2
+  inotifywait -m -r --format '%e %w%f' -o "$QFS_TMP/ev$i" "$dir" 2>"$QFS_TMP/iw$i.err" &
+  echo $! >"$QFS_TMP/iw$i.pid"
+  bg_add "$(cat "$QFS_TMP/iw$i.pid")"
+  wait_until 10 grep -q "Watches established" "$QFS_TMP/iw$i.err"
+}
+
+@test "etcdctl put and del on node 1 show up in every mount, with inotify events on node 2" {
+  cluster_start 3
+  mkdir "$(mnt 1)/app"
+  wait_until 10 test -d "$(mnt 2)/app"
+  wait_until 10 test -d "$(mnt 3)/app"
+  watch_events 2 "$(mnt 2)/app"
+  ev=$QFS_TMP/ev2
+  m=$(mnt 2)
+
+  run ectl 1 put /app/k v1
+  [ "$status" -eq 0 ] && [ "$output" = OK ]
+  for n in 1 2 3; do
+    wait_until 10 has_value "$(mnt "$n")" app/k v1 || { echo "app/k not v1 on n$n" >&2; false; }
+  done
+  wait_until 10 grep -q "^CLOSE_WRITE,CLOSE $m/app/k$" "$ev" || { cat "$ev" >&2; false; }
+  grep -q "^CREATE $m/app/k$" "$ev"
+  grep -q "^MODIFY $m/app/k$" "$ev"
+  # The mount's xattrs are etcd's revisions of the key, on every node.
+  want=$(kv_json 1 /app/k)
+  [ "$(echo "$want" | cut -d' ' -f3-)" = "1 v1" ]
+  for n in 1 2 3; do
+    wait_until 10 sh -c "[ \"\$(getfattr --only-values -n user.quorumfs.mod_revision '$(mnt "$n")/app/k')\" = '$(echo "$want" | cut -d' ' -f2)' ]"
+    [ "$(xattr_kv "$(mnt "$n")" app/k v1)" = "$want" ]
+  done
+
+  # An update is a modification of the same file, not a new one.
+  ectl 1 put /app/k v2
+  for n in 1 2 3; do wait_until 10 has_value "$(mnt "$n")" app/k v2; done
+  wait_until 10 sh -c "[ \$(grep -c '^CLOSE_WRITE,CLOSE $m/app/k$' '$ev') -ge 2 ]" || { cat "$ev" >&2; false; }
+  [ "$(grep -c "^MODIFY $m/app/k$" "$ev")" -ge 2 ]
+  [ "$(grep -c "^CREATE $m/app/k$" "$ev")" -eq 1 ]
+  [ "$(kv_json 2 /app/k | cut -d' ' -f3-)" = "2 v2" ]
+
+  run ectl 1 del /app/k
+  [ "$status" -eq 0 ] && [ "$output" = 1 ]
+  for n in 1 2 3; do
+    wait_until 10 sh -c "! test -e '$(mnt "$n")/app/k'" || { echo "app/k still on n$n" >&2; false; }
+  done
+  wait_until 10 grep -q "^DELETE $m/app/k$" "$ev" || { cat "$ev" >&2; false; }
+  [ "$(kv_json 3 /app/k)" = absent ]
+  # Events come in the order of the changes.
+  [ "$(grep -n "^CREATE $m/app/k$" "$ev" | cut -d: -f1)" -lt \
+    "$(grep -n "^DELETE $m/app/k$" "$ev" | cut -d: -f1)" ]
+}
+
+@test "etcdctl del --prefix on node 3 removes a subtree from every mount, with DELETE events" {
+  cluster_start 3
+  ectl 3 put /tree/a 1 >/dev/null
+  ectl 3 put /tree/b 2 >/dev/null
+  for n in 1 2 3; do
+    wait_until 10 has_value "$(mnt "$n")" tree/a 1
+    wait_until 10 has_value "$(mnt "$n")" tree/b 2
+  done
+  watch_events 2 "$(mnt 2)/tree"
+  m=$(mnt 2)
+  run ectl 3 del /tree/ --prefix
+  [ "$status" -eq 0 ] && [ "$output" = 2 ]
+  for n in 1 2 3; do
+    wait_until 10 sh -c "! test -e '$(mnt "$n")/tree/a' && ! test -e '$(mnt "$n")/tree/b'"
+  done
+  wait_until 10 sh -c "grep -q '^DELETE $m/tree/a$' '$QFS_TMP/ev2' && grep -q '^DELETE $m/tree/b$' '$QFS_TMP/ev2'" ||
+    { cat "$QFS_TMP/ev2" >&2; false; }
+}
+
+@test "a file written through a mount is the key etcdctl reads, with the xattrs' revisions and version" {
+  cluster_start 3
+  mkdir "$(mnt 2)/cfg"
+  echo hello >"$(mnt 2)/cfg/f"
+  echo again >"$(mnt 2)/cfg/f"
+  # A host reads its own write at once; the others catch up.
+  own=$(xattr_kv "$(mnt 2)" cfg/f again)
+  for n in 1 2 3; do
+    got=$(kv_json "$n" /cfg/f)
+    # etcdctl's value is the file's content, newline included.
+    [ "$got" = "$(printf '%s %s %s again\n' $(echo "$own" | cut -d' ' -f1-3))" ] ||
+      { echo "node $n: etcdctl says '$got', node 2's xattrs say '$own'" >&2; false; }
+    wait_until 10 has_value "$(mnt "$n")" cfg/f again
+    wait_until 10 sh -c "[ \"\$(getfattr --only-values -n user.quorumfs.mod_revision '$(mnt "$n")/cfg/f')\" = '$(echo "$own" | cut -d' ' -f2)' ]"
+    [ "$(xattr_kv "$(mnt "$n")" cfg/f again)" = "$own" ]
+  done
+  [ "$(echo "$own" | cut -d' ' -f3)" = 2 ] # two puts: version 2
+  [ "$(echo "$own" | cut -d' ' -f1)" -lt "$(echo "$own" | cut -d' ' -f2)" ]
+  # The raw value, byte for byte.
+  [ "$(ectl 1 get /cfg/f --print-value-only)" = again ]
+  # rm through a mount is a delete that etcdctl sees.
+  rm "$(mnt 3)/cfg/f"
+  [ "$(kv_json 1 /cfg/f)" = absent ]
+}
+
+@test "etcdctl watch on node 3 sees writes and deletes made through node 1's mount" {
+  cluster_start 3
+  mkdir "$(mnt 1)/w"
+  rev=$(ectl 3 get / --prefix -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+  # Watching from the next revision: no race with the watch's creation.
+  in_ns timeout 30 "$ETCDCTL_BIN" --endpoints=http://127.0.0.13:2379 watch --prefix /w/ \
+    --rev=$((rev + 1)) >"$QFS_TMP/watch" 2>&1 &
+  bg_add $!
+  echo one >"$(mnt 1)/w/x"
+  echo two >"$(mnt 1)/w/x"
+  rm "$(mnt 1)/w/x"
+  wait_until 15 grep -q '^DELETE' "$QFS_TMP/watch" || { cat "$QFS_TMP/watch" >&2; false; }
+  # Whole values only: one PUT per close, never a partial write.
+  [ "$(cat "$QFS_TMP/watch")" = "PUT
+/w/x
+one
+PUT
+/w/x
+two
+DELETE
+/w/x
+" ]
+}
+
+@test "a key put with a lease through etcdctl disappears from every mount when the lease expires" {
+  cluster_start 3
+  lease=$(ectl 1 lease grant 2 | awk '/granted/{print $2}')
+  [ -n "$lease" ]
+  ectl 1 put /ttl/k v --lease="$lease" >/dev/null
+  for n in 1 2 3; do wait_until 10 has_value "$(mnt "$n")" ttl/k v; done
+  watch_events 3 "$(mnt 3)/ttl"
+  for n in 1 2 3; do
+    wait_until 15 sh -c "! test -e '$(mnt "$n")/ttl/k'" || { echo "ttl/k still on n$n" >&2; false; }
+  done
+  wait_until 10 grep -q "^DELETE $(mnt 3)/ttl/k$" "$QFS_TMP/ev3"
+  [ "$(kv_json 2 /ttl/k)" = absent ]
+}
