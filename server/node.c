@@ -100,6 +100,10 @@ struct node {
     struct raft *raft;
     uint64_t id;
 
+    /* Raft's view of the log: forwards to the current store's storage, so a
+     * store swapped in from a snapshot is what Raft reads next. */
+    struct raft_storage storage;
+
     /* Peers (NULL for a single-member cluster with no peer listener). */
     struct net_transport *net;
     uv_check_t check;        /* runs process() once per loop iteration */
@@ -1262,7 +1266,46 @@ static int start_net(struct node *n) {
     return 0;
 }
 
+static struct raft_storage *cur_storage(void *data) {
+    struct node *n = data;
+    return store_raft_storage(n->store);
+}
+static int fwd_initial_state(void *data, struct raft_hard_state *hs, struct raft_conf_state *cs) {
+    struct raft_storage *s = cur_storage(data);
+    return s->initial_state(s->data, hs, cs);
+}
+static int fwd_entries(void *data, uint64_t lo, uint64_t hi, uint64_t max_bytes,
+                       struct raft_entry **out, size_t *n_out) {
+    struct raft_storage *s = cur_storage(data);
+    return s->entries(s->data, lo, hi, max_bytes, out, n_out);
+}
+static int fwd_term(void *data, uint64_t i, uint64_t *term) {
+    struct raft_storage *s = cur_storage(data);
+    return s->term(s->data, i, term);
+}
+static int fwd_first_index(void *data, uint64_t *index) {
+    struct raft_storage *s = cur_storage(data);
+    return s->first_index(s->data, index);
+}
+static int fwd_last_index(void *data, uint64_t *index) {
+    struct raft_storage *s = cur_storage(data);
+    return s->last_index(s->data, index);
+}
+static int fwd_snapshot(void *data, struct raft_snapshot *snap) {
+    struct raft_storage *s = cur_storage(data);
+    return s->snapshot(s->data, snap);
+}
+
 static int start_raft(struct node *n) {
+    n->storage = (struct raft_storage){
+        .data = n,
+        .initial_state = fwd_initial_state,
+        .entries = fwd_entries,
+        .term = fwd_term,
+        .first_index = fwd_first_index,
+        .last_index = fwd_last_index,
+        .snapshot = fwd_snapshot,
+    };
     const struct server_config *cfg = n->cfg;
     struct raft_config rc_cfg = {
         .id = n->id,
@@ -1275,7 +1318,7 @@ static int start_raft(struct node *n) {
         .check_quorum = true,
         .pre_vote = true,
         .seed = n->id ^ (uint64_t)uv_hrtime(),
-        .storage = store_raft_storage(n->store),
+        .storage = &n->storage,
     };
     n->last_compact_index = rc_cfg.applied;
     int rc = raft_new(&rc_cfg, &n->raft);

@@ -76,6 +76,7 @@ for src in "${harnesses[@]}"; do
     if "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" "${corpora[@]}" >"$log" 2>&1; then
         grep -E '^stat::number_of_executed_units|^Done ' "$log" | sed 's/^/   /' || true
+        echo "fuzz ok $name"
         passed+=("$name")
     else
         echo "run.sh: $name FAILED (log: $log, artifacts: $artifacts/)" >&2
