@@ -1273,8 +1273,12 @@ static int step(struct raft *r, const struct raft_msg *m) {
              * node outside its own configuration never campaigns, and would
              * then ignore a live leader forever. */
             (void)msg_new(r, RAFT_MSG_APP_RESP, m->from);
-        } else if (m->type == RAFT_MSG_PREVOTE) {
-            struct raft_msg *resp = msg_new(r, RAFT_MSG_PREVOTE_RESP, m->from);
+        } else if (m->type == RAFT_MSG_PREVOTE || m->type == RAFT_MSG_VOTE) {
+            /* A stale candidate learns the newer term from the rejection
+             * (Raft 5.1); silence could leave it campaigning at its old term
+             * forever when we cannot campaign ourselves. */
+            struct raft_msg *resp = msg_new(
+                r, m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PREVOTE_RESP, m->from);
             if (resp != NULL) {
                 resp->term = r->term;
                 resp->reject = true;
