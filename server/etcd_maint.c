@@ -621,7 +621,11 @@ static int snap_list(struct etcd_snapshot *sn) {
             cap *= 2;
         }
         struct snap_file *f = &sn->files[sn->n_files++];
-        snprintf(f->name, sizeof f->name, "%s%s", SNAP_DB_PREFIX, de->d_name);
+        int nl = snprintf(f->name, sizeof f->name, "%s%s", SNAP_DB_PREFIX, de->d_name);
+        if (nl < 0 || (size_t)nl >= sizeof f->name) {
+            rc = -ENAMETOOLONG;
+            break;
+        }
         f->size = (uint64_t)stt.st_size;
     }
     closedir(d);
