@@ -1705,3 +1705,16 @@ void raft_status(const struct raft *r, struct raft_status *st) {
     st->transferee = r->transferee;
     st->conf = r->conf;
 }
+
+int raft_progress_match(const struct raft *r, uint64_t id, uint64_t *match) {
+    ASSERT(r != NULL);
+    ASSERT(match != NULL);
+    if (r->role != RAFT_LEADER) return RAFT_ENOTLEADER;
+    for (unsigned i = 0; i < r->n_prs; i++) {
+        if (r->prs[i].id == id) {
+            *match = r->prs[i].match;
+            return 0;
+        }
+    }
+    return RAFT_ENOTMEMBER;
+}

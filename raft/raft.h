@@ -375,6 +375,9 @@ struct raft_status {
     struct raft_conf_state conf;
 };
 void raft_status(const struct raft *r, struct raft_status *st);
+/* On the leader: the highest index known replicated on member id.
+ * RAFT_ENOTLEADER elsewhere, RAFT_ENOTMEMBER for an unknown id. */
+int raft_progress_match(const struct raft *r, uint64_t id, uint64_t *match);
 
 #ifdef __cplusplus
 }

@@ -537,6 +537,13 @@ int node__member_change(struct node *n, int type, struct node_member *m, node_ba
         for (size_t i = 0; i < st.n_members; i++)
             if (st.members[i].id == m->id) learner = st.members[i].learner;
         if (!learner) return -EINVAL;
+        /* etcd promotes only a learner within 10% of the leader's log. */
+        uint64_t match = 0;
+        struct raft_status rs;
+        raft_status(n->raft, &rs);
+        if (raft_progress_match(n->raft, m->id, &match) != 0 ||
+            (double)match < 0.9 * (double)rs.last_index)
+            return -EPERM;
     } else {
         for (size_t i = 0; i < n->n_members; i++)
             if (strcmp(n->members[i].peer_urls, m->peer_urls) == 0) return -EEXIST;

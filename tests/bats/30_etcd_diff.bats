@@ -264,7 +264,11 @@ sc_member() {
   ecs member list
   ec member remove "$id"
   ec member promote 1234
-  ec member add again --learner --peer-urls="$FAKE_PEER" -w json
+  # quorumfs derives a member's id from its first peer URL and the cluster
+  # token (a joining member computes its own id), so re-adding a removed
+  # member's URL gives the same id, where etcd draws a new one: re-add under
+  # another URL, which both number alike.
+  ec member add again --learner --peer-urls="${FAKE_PEER%:*}:10" -w json
 }
 
 sc_maint() {
