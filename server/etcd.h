@@ -29,16 +29,15 @@
 
 #include <uv.h>
 
-
 #include "api/api.h"
 #include "mvccpb/kv.pb-c.h"
 #include "server/node.h"
 #include "store/store.h"
 
 /* Programmer errors: stays on in release builds. */
-#define ETCD_ASSERT(cond)                                                              \
-    do {                                                                               \
-        if (!(cond)) etcd__assert_fail(#cond, __FILE__, __LINE__);                     \
+#define ETCD_ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) etcd__assert_fail(#cond, __FILE__, __LINE__);                                 \
     } while (0)
 _Noreturn void etcd__assert_fail(const char *expr, const char *file, int line);
 
@@ -215,23 +214,23 @@ enum api_grpc_code etcd__grpc_error(int rc, const char **message);
 /* api_reply_error() with etcd__grpc_error(rc). */
 void etcd__reply_error(struct api_call *call, int rc);
 /* Errors of our own that have an etcd wording but no store code. */
-#define ETCD_ERRORS(X)                                                                 \
-    X(ETCD_ENOLEADER, -1701, "etcdserver: no leader")                                  \
-    X(ETCD_ENOTLEADER, -1702, "etcdserver: not leader")                                \
-    X(ETCD_EMEMBERNOTFOUND, -1703, "etcdserver: member not found")                     \
-    X(ETCD_EPEERURLEXISTS, -1704, "etcdserver: Peer URLs already exists")              \
-    X(ETCD_EMEMBERBADURLS, -1705, "etcdserver: given member URLs are invalid")         \
-    X(ETCD_EMEMBERNOTLEARNER, -1706, "etcdserver: can only promote a learner member")  \
-    X(ETCD_ELEARNERNOTREADY, -1707,                                                    \
-      "etcdserver: can only promote a learner member which is in sync with leader")     \
-    X(ETCD_EUNHEALTHY, -1708, "etcdserver: unhealthy cluster")                         \
-    X(ETCD_EBADTRANSFEREE, -1709, "etcdserver: bad leader transferee")                 \
-    X(ETCD_ELEARNERRPC, -1710, "etcdserver: rpc not supported for learner")            \
-    X(ETCD_ETOOMANYREQUESTS, -1711, "etcdserver: too many requests")                   \
-    X(ETCD_ESTOPPED, -1712, "etcdserver: server stopped")                              \
-    X(ETCD_ETRANSFERTIMEOUT, -1713,                                                    \
-      "etcdserver: request timed out, leader transfer took too long")                  \
-    X(ETCD_EWATCHDUPID, -1714, "mvcc: duplicate watch ID provided on the WatchStream") \
+#define ETCD_ERRORS(X)                                                                             \
+    X(ETCD_ENOLEADER, -1701, "etcdserver: no leader")                                              \
+    X(ETCD_ENOTLEADER, -1702, "etcdserver: not leader")                                            \
+    X(ETCD_EMEMBERNOTFOUND, -1703, "etcdserver: member not found")                                 \
+    X(ETCD_EPEERURLEXISTS, -1704, "etcdserver: Peer URLs already exists")                          \
+    X(ETCD_EMEMBERBADURLS, -1705, "etcdserver: given member URLs are invalid")                     \
+    X(ETCD_EMEMBERNOTLEARNER, -1706, "etcdserver: can only promote a learner member")              \
+    X(ETCD_ELEARNERNOTREADY, -1707,                                                                \
+      "etcdserver: can only promote a learner member which is in sync with leader")                \
+    X(ETCD_EUNHEALTHY, -1708, "etcdserver: unhealthy cluster")                                     \
+    X(ETCD_EBADTRANSFEREE, -1709, "etcdserver: bad leader transferee")                             \
+    X(ETCD_ELEARNERRPC, -1710, "etcdserver: rpc not supported for learner")                        \
+    X(ETCD_ETOOMANYREQUESTS, -1711, "etcdserver: too many requests")                               \
+    X(ETCD_ESTOPPED, -1712, "etcdserver: server stopped")                                          \
+    X(ETCD_ETRANSFERTIMEOUT, -1713,                                                                \
+      "etcdserver: request timed out, leader transfer took too long")                              \
+    X(ETCD_EWATCHDUPID, -1714, "mvcc: duplicate watch ID provided on the WatchStream")             \
     X(ETCD_EWATCHRANGE, -1715, "mvcc: watcher range is empty")
 
 enum etcd_error {
@@ -239,6 +238,10 @@ enum etcd_error {
     ETCD_ERRORS(ETCD__ERR_ENUM)
 #undef ETCD__ERR_ENUM
 };
+
+/* A static description of rc: an ETCD_ERRORS code (etcd's own wording), or
+ * whatever store_strerror() says of any other code. Never NULL. */
+const char *etcd__strerror(int rc);
 
 /* ------------------------------------------------------------------ conversions
  * Pure functions between etcd's protobuf messages and store requests and
@@ -252,24 +255,22 @@ bool etcd__key_in_range(const void *k, size_t klen, const void *key, size_t key_
                         const void *end, size_t end_len);
 
 void etcd__range_from_pb(const Etcdserverpb__RangeRequest *in, struct store_range_req *out);
-void etcd__put_from_pb(const Etcdserverpb__PutRequest *in, int64_t mtime_ns,
-                       struct store_put *out);
+void etcd__put_from_pb(const Etcdserverpb__PutRequest *in, int64_t mtime_ns, struct store_put *out);
 void etcd__delete_from_pb(const Etcdserverpb__DeleteRangeRequest *in,
                           struct store_delete_range *out);
 /* Converts a TxnRequest, nested ones included. Nesting deeper than
  * STORE_TXN_DEPTH_MAX is STORE_ETOOMANYOPS (the store could not encode it);
  * an op with no request set is STORE_EKEYNOTFOUND, as etcd answers
  * "etcdserver: key not found". Returns 0, STORE_ENOMEM or one of those. */
-int etcd__txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in,
-                      int64_t mtime_ns, struct store_txn *out);
+int etcd__txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in, int64_t mtime_ns,
+                      struct store_txn *out);
 /* True if the txn (or a nested one) has a put; with_delete: or a delete. */
 bool etcd__txn_writes(const struct store_txn *t, bool with_delete);
 
-Mvccpb__KeyValue *etcd__kv_to_pb(struct etcd_arena *a, const struct store_kv *kv,
-                                 bool keys_only);
+Mvccpb__KeyValue *etcd__kv_to_pb(struct etcd_arena *a, const struct store_kv *kv, bool keys_only);
 /* Fills out (already initialised) from r: kvs, more, count. */
-int etcd__range_to_pb(struct etcd_arena *a, const struct store_range_result *r,
-                      bool keys_only, Etcdserverpb__RangeResponse *out);
+int etcd__range_to_pb(struct etcd_arena *a, const struct store_range_result *r, bool keys_only,
+                      Etcdserverpb__RangeResponse *out);
 /*
  * Fills out (already initialised) from the result of txn t applied at store
  * revision `rev` (the revision after the apply): succeeded, and one
@@ -277,8 +278,7 @@ int etcd__range_to_pb(struct etcd_arena *a, const struct store_range_result *r,
  * revision: the one each op ran at). keys_only of nested ranges is honoured.
  */
 int etcd__txn_to_pb(struct etcd_arena *a, const struct store_txn *t,
-                    const struct store_txn_result *r, int64_t rev,
-                    Etcdserverpb__TxnResponse *out);
+                    const struct store_txn_result *r, int64_t rev, Etcdserverpb__TxnResponse *out);
 /* One event as mvccpb.Event; with_prev: attach prev_kv when the store has it. */
 Mvccpb__Event *etcd__event_to_pb(struct etcd_arena *a, const struct store_event *ev,
                                  bool with_prev);
@@ -291,8 +291,7 @@ void etcd__kv_put(void *ctx, struct api_call *call, const Etcdserverpb__PutReque
 void etcd__kv_delete_range(void *ctx, struct api_call *call,
                            const Etcdserverpb__DeleteRangeRequest *req);
 void etcd__kv_txn(void *ctx, struct api_call *call, const Etcdserverpb__TxnRequest *req);
-void etcd__kv_compact(void *ctx, struct api_call *call,
-                      const Etcdserverpb__CompactionRequest *req);
+void etcd__kv_compact(void *ctx, struct api_call *call, const Etcdserverpb__CompactionRequest *req);
 /* Submits req for a client; answers `call` with rc if the node refused it at
  * once (returns rc). A STORE_ENOSPACE raises the NOSPACE alarm. */
 int etcd__submit(struct etcd *e, struct store_request *req, node_done_cb cb, void *arg);
@@ -327,8 +326,7 @@ void etcd__lease_revoke(void *ctx, struct api_call *call,
 void etcd__lease_keep_alive_open(void *ctx, struct api_stream *stream);
 void etcd__lease_keep_alive_request(void *ctx, struct api_stream *stream,
                                     const Etcdserverpb__LeaseKeepAliveRequest *req);
-void etcd__lease_keep_alive_end(void *ctx, struct api_stream *stream,
-                                enum api_stream_event ev);
+void etcd__lease_keep_alive_end(void *ctx, struct api_stream *stream, enum api_stream_event ev);
 void etcd__lease_time_to_live(void *ctx, struct api_call *call,
                               const Etcdserverpb__LeaseTimeToLiveRequest *req);
 void etcd__lease_leases(void *ctx, struct api_call *call,
@@ -341,8 +339,7 @@ int64_t etcd__lease_min_ttl(unsigned heartbeat_ms, unsigned election_ms);
 int64_t etcd__lease_id(uint64_t member_id, uint64_t counter);
 
 /* Cluster (etcd_cluster.c). */
-void etcd__member_add(void *ctx, struct api_call *call,
-                      const Etcdserverpb__MemberAddRequest *req);
+void etcd__member_add(void *ctx, struct api_call *call, const Etcdserverpb__MemberAddRequest *req);
 void etcd__member_remove(void *ctx, struct api_call *call,
                          const Etcdserverpb__MemberRemoveRequest *req);
 void etcd__member_update(void *ctx, struct api_call *call,
@@ -359,15 +356,15 @@ int etcd__join_urls(char *const *urls, size_t n, char *buf, size_t cap);
 /* Maintenance (etcd_maint.c). */
 void etcd__alarm(void *ctx, struct api_call *call, const Etcdserverpb__AlarmRequest *req);
 void etcd__status_rpc(void *ctx, struct api_call *call, const Etcdserverpb__StatusRequest *req);
-void etcd__defragment(void *ctx, struct api_call *call,
-                      const Etcdserverpb__DefragmentRequest *req);
+void etcd__defragment(void *ctx, struct api_call *call, const Etcdserverpb__DefragmentRequest *req);
 void etcd__hash(void *ctx, struct api_call *call, const Etcdserverpb__HashRequest *req);
 void etcd__hash_kv(void *ctx, struct api_call *call, const Etcdserverpb__HashKVRequest *req);
-void etcd__snapshot(void *ctx, struct api_stream *stream,
-                    const Etcdserverpb__SnapshotRequest *req);
+void etcd__snapshot(void *ctx, struct api_stream *stream, const Etcdserverpb__SnapshotRequest *req);
 void etcd__snapshot_end(void *ctx, struct api_stream *stream, enum api_stream_event ev);
 void etcd__snapshot_drained(struct etcd *e, struct api_stream *stream);
 void etcd__snapshot_stop_all(struct etcd *e);
+/* Removes checkpoints of Snapshot streams a previous run left behind. */
+void etcd__snapshot_cleanup(const char *data_dir);
 void etcd__move_leader(void *ctx, struct api_call *call,
                        const Etcdserverpb__MoveLeaderRequest *req);
 

@@ -26,11 +26,16 @@
  * port; no path, query or fragment. */
 static bool url_valid(const char *u) {
     const char *rest;
-    if (strncmp(u, "http://", 7) == 0) rest = u + 7;
-    else if (strncmp(u, "https://", 8) == 0) rest = u + 8;
-    else if (strncmp(u, "unix://", 7) == 0) rest = u + 7;
-    else if (strncmp(u, "unixs://", 8) == 0) rest = u + 8;
-    else return false;
+    if (strncmp(u, "http://", 7) == 0)
+        rest = u + 7;
+    else if (strncmp(u, "https://", 8) == 0)
+        rest = u + 8;
+    else if (strncmp(u, "unix://", 7) == 0)
+        rest = u + 7;
+    else if (strncmp(u, "unixs://", 8) == 0)
+        rest = u + 8;
+    else
+        return false;
     if (!*rest || strpbrk(rest, "/?#, ")) return false;
     const char *colon;
     if (rest[0] == '[') {
@@ -272,8 +277,7 @@ static void start_change(struct etcd *e, struct api_call *call, enum change_kind
     }
 }
 
-void etcd__member_add(void *ctx, struct api_call *call,
-                      const Etcdserverpb__MemberAddRequest *req) {
+void etcd__member_add(void *ctx, struct api_call *call, const Etcdserverpb__MemberAddRequest *req) {
     struct etcd *e = ctx;
     struct node_member m;
     memset(&m, 0, sizeof m);

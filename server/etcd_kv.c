@@ -30,7 +30,7 @@ bool etcd__key_in_range(const void *k, size_t klen, const void *key, size_t key_
     size_t n = klen < key_len ? klen : key_len;
     int c = memcmp(k, key, n);
     if (end_len == 0) return c == 0 && klen == key_len;
-    if (c < 0 || (c == 0 && klen < key_len)) return false; /* k < key */
+    if (c < 0 || (c == 0 && klen < key_len)) return false;           /* k < key */
     if (end_len == 1 && ((const uint8_t *)end)[0] == 0) return true; /* every key >= key */
     n = klen < end_len ? klen : end_len;
     c = memcmp(k, end, n);
@@ -111,8 +111,7 @@ static void compare_from_pb(const Etcdserverpb__Compare *in, struct store_compar
         if (in->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_LEASE)
             out->number = in->lease;
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -163,7 +162,8 @@ static int txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in,
     if (in->n_compare) {
         out->compare = etcd__alloc(a, in->n_compare * sizeof *out->compare);
         if (!out->compare) return STORE_ENOMEM;
-        for (size_t i = 0; i < in->n_compare; i++) compare_from_pb(in->compare[i], &out->compare[i]);
+        for (size_t i = 0; i < in->n_compare; i++)
+            compare_from_pb(in->compare[i], &out->compare[i]);
         out->n_compare = in->n_compare;
     }
     int rc = ops_from_pb(a, in->success, in->n_success, mtime_ns, depth, &out->success);
@@ -175,8 +175,8 @@ static int txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in,
     return 0;
 }
 
-int etcd__txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in,
-                      int64_t mtime_ns, struct store_txn *out) {
+int etcd__txn_from_pb(struct etcd_arena *a, const Etcdserverpb__TxnRequest *in, int64_t mtime_ns,
+                      struct store_txn *out) {
     return txn_from_pb(a, in, mtime_ns, 1, out);
 }
 
@@ -202,8 +202,7 @@ static ProtobufCBinaryData pb_bytes(struct store_bytes b) {
     return (ProtobufCBinaryData){b.len, (uint8_t *)(uintptr_t)b.base};
 }
 
-Mvccpb__KeyValue *etcd__kv_to_pb(struct etcd_arena *a, const struct store_kv *kv,
-                                 bool keys_only) {
+Mvccpb__KeyValue *etcd__kv_to_pb(struct etcd_arena *a, const struct store_kv *kv, bool keys_only) {
     Mvccpb__KeyValue *out = etcd__alloc(a, sizeof *out);
     if (!out) return NULL;
     mvccpb__key_value__init(out);
@@ -225,8 +224,8 @@ static Mvccpb__KeyValue **kvs_to_pb(struct etcd_arena *a, const struct store_kv 
     return out;
 }
 
-int etcd__range_to_pb(struct etcd_arena *a, const struct store_range_result *r,
-                      bool keys_only, Etcdserverpb__RangeResponse *out) {
+int etcd__range_to_pb(struct etcd_arena *a, const struct store_range_result *r, bool keys_only,
+                      Etcdserverpb__RangeResponse *out) {
     out->more = r->more;
     out->count = r->count;
     if (r->n_kvs) {
@@ -309,7 +308,8 @@ static int txn_level_to_pb(struct etcd_arena *a, const struct store_txn *t,
             etcdserverpb__put_response__init(pr);
             *changed = true;
             if (!(pr->header = inner_header(a, begin + 1))) return STORE_ENOMEM;
-            if (o->u.put.has_prev_kv && !(pr->prev_kv = etcd__kv_to_pb(a, &o->u.put.prev_kv, false)))
+            if (o->u.put.has_prev_kv &&
+                !(pr->prev_kv = etcd__kv_to_pb(a, &o->u.put.prev_kv, false)))
                 return STORE_ENOMEM;
             ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
             ro->response_put = pr;
@@ -323,8 +323,8 @@ static int txn_level_to_pb(struct etcd_arena *a, const struct store_txn *t,
             if (!(dr->header = inner_header(a, *changed ? begin + 1 : begin))) return STORE_ENOMEM;
             dr->deleted = o->u.delete_range.deleted;
             if (o->u.delete_range.n_prev_kvs) {
-                dr->prev_kvs = kvs_to_pb(a, o->u.delete_range.prev_kvs,
-                                         o->u.delete_range.n_prev_kvs, false);
+                dr->prev_kvs =
+                    kvs_to_pb(a, o->u.delete_range.prev_kvs, o->u.delete_range.n_prev_kvs, false);
                 if (!dr->prev_kvs) return STORE_ENOMEM;
                 dr->n_prev_kvs = o->u.delete_range.n_prev_kvs;
             }
@@ -345,16 +345,14 @@ static int txn_level_to_pb(struct etcd_arena *a, const struct store_txn *t,
             ro->response_txn = tr;
             break;
         }
-        default:
-            return STORE_ECORRUPT;
+        default: return STORE_ECORRUPT;
         }
     }
     return 0;
 }
 
 int etcd__txn_to_pb(struct etcd_arena *a, const struct store_txn *t,
-                    const struct store_txn_result *r, int64_t rev,
-                    Etcdserverpb__TxnResponse *out) {
+                    const struct store_txn_result *r, int64_t rev, Etcdserverpb__TxnResponse *out) {
     bool changed = false;
     int64_t begin = txn_result_changed(r) ? rev - 1 : rev;
     return txn_level_to_pb(a, t, r, begin, &changed, out);
@@ -403,7 +401,8 @@ static void reply_or_error(struct api_call *call, int rc, const ProtobufCMessage
 
 /* ---- Range ---- */
 
-static void range_now(struct etcd *e, struct api_call *call, const Etcdserverpb__RangeRequest *req) {
+static void range_now(struct etcd *e, struct api_call *call,
+                      const Etcdserverpb__RangeRequest *req) {
     struct store_range_req q;
     struct store_range_result r = {0};
     struct etcd_arena a = {0};

@@ -163,7 +163,8 @@ static void table_reload(struct etcd *e) {
     node__store_release(e->node);
     if (rc) return; /* keep what we have; the next leader change retries */
     table_clear(t);
-    for (size_t i = 0; i < n; i++) table_set(t, ls[i].id, ls[i].ttl, deadline_after(e, ls[i].remaining_ttl));
+    for (size_t i = 0; i < n; i++)
+        table_set(t, ls[i].id, ls[i].ttl, deadline_after(e, ls[i].remaining_ttl));
     free(ls);
 }
 
@@ -184,7 +185,8 @@ static int request_of(struct etcd *e, const struct store_result *res, struct sto
     if (rc) store_request_release(req);
     /* The decoded request borrows nothing we keep: copy the numbers out
      * before freeing the entry. */
-    for (size_t i = 0; i < n; i++) free((void *)(uintptr_t)ents[i].data.base);
+    for (size_t i = 0; i < n; i++)
+        free((void *)(uintptr_t)ents[i].data.base);
     free(ents);
     return rc;
 }
@@ -217,8 +219,7 @@ void etcd__lease_on_apply(struct etcd *e, const struct store_result *res) {
         store_request_release(&req);
         break;
     }
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -480,7 +481,8 @@ void etcd__lease_time_to_live(void *ctx, struct api_call *call,
             return;
         }
         for (size_t i = 0; i < keys.n_keys; i++)
-            pk[i] = (ProtobufCBinaryData){keys.keys[i].len, (uint8_t *)(uintptr_t)keys.keys[i].base};
+            pk[i] =
+                (ProtobufCBinaryData){keys.keys[i].len, (uint8_t *)(uintptr_t)keys.keys[i].base};
         resp.keys = pk;
         resp.n_keys = keys.n_keys;
     }
@@ -624,7 +626,10 @@ void etcd__lease_keep_alive_request(void *ctx, struct api_stream *stream,
     struct store_lease l;
     int rc = store_lease_get(node__store_acquire(e->node), req->id, &l);
     node__store_release(e->node);
-    if (rc == STORE_ELEASENOTFOUND) {
+    /* Expired and being revoked by this leader: etcd refuses to renew an
+     * expired lease and answers as for an unknown one. */
+    const struct lease_ent *ent = rc == 0 ? table_get(e->leases, req->id) : NULL;
+    if (rc == STORE_ELEASENOTFOUND || (ent && ent->revoking)) {
         ka_send(ks, req->id, 0, rev);
         return;
     }

@@ -124,6 +124,16 @@ static const struct grpc_err grpc_errs[] = {
      "etcdserver: request timed out, leader transfer took too long"},
 };
 
+const char *etcd__strerror(int rc) {
+    switch (rc) {
+#define ETCD__ERR_TEXT(name, value, text)                                                          \
+    case name: return text;
+        ETCD_ERRORS(ETCD__ERR_TEXT)
+#undef ETCD__ERR_TEXT
+    default: return store_strerror(rc);
+    }
+}
+
 enum api_grpc_code etcd__grpc_error(int rc, const char **message) {
     for (size_t i = 0; i < sizeof grpc_errs / sizeof grpc_errs[0]; i++) {
         if (grpc_errs[i].rc == rc) {
@@ -132,7 +142,7 @@ enum api_grpc_code etcd__grpc_error(int rc, const char **message) {
         }
     }
     /* etcd answers errors it has no mapping for with UNKNOWN and the text. */
-    *message = store_strerror(rc);
+    *message = etcd__strerror(rc);
     return API_GRPC_UNKNOWN;
 }
 
@@ -188,8 +198,7 @@ void etcd__header(struct etcd *e, Etcdserverpb__ResponseHeader *h, int64_t rev) 
 void etcd__alarm_nospace(struct etcd *e) {
     uint64_t id = etcd__status(e)->id;
     for (size_t i = 0; i < e->n_alarms; i++)
-        if (e->alarms[i].member_id == id &&
-            e->alarms[i].type == ETCDSERVERPB__ALARM_TYPE__NOSPACE)
+        if (e->alarms[i].member_id == id && e->alarms[i].type == ETCDSERVERPB__ALARM_TYPE__NOSPACE)
             return;
     if (e->n_alarms == ETCD_ALARMS_MAX) return;
     e->alarms[e->n_alarms++] =
@@ -262,8 +271,10 @@ static void stream_drained(void *ctx, struct api_stream *stream) {
     struct etcd *e = ctx;
     const int *kind = api_stream_data(stream);
     if (!kind) return;
-    if (*kind == ETCD_STREAM_WATCH) etcd__watch_drained(e, stream);
-    else if (*kind == ETCD_STREAM_SNAPSHOT) etcd__snapshot_drained(e, stream);
+    if (*kind == ETCD_STREAM_WATCH)
+        etcd__watch_drained(e, stream);
+    else if (*kind == ETCD_STREAM_SNAPSHOT)
+        etcd__snapshot_drained(e, stream);
     /* Keepalive answers are small and never wait for room. */
 }
 
@@ -354,6 +365,7 @@ int etcd__start(struct node *n, struct api_server **out) {
     e->refs = 1; /* the api server, released by server_closed() */
     e->max_request_bytes =
         e->cfg->max_request_bytes ? e->cfg->max_request_bytes : API_MAX_REQUEST_BYTES_DEFAULT;
+    etcd__snapshot_cleanup(e->cfg->data_dir);
     int rc = etcd__watch_init(e);
     if (rc == 0) rc = etcd__lease_init(e);
     if (rc) goto err_services;

@@ -82,7 +82,8 @@ void etcd__alarm(void *ctx, struct api_call *call, const Etcdserverpb__AlarmRequ
     switch (req->action) {
     case ETCDSERVERPB__ALARM_REQUEST__ALARM_ACTION__GET:
         for (size_t i = 0; i < e->n_alarms; i++) {
-            if (req->alarm != ETCDSERVERPB__ALARM_TYPE__NONE && (int)req->alarm != e->alarms[i].type)
+            if (req->alarm != ETCDSERVERPB__ALARM_TYPE__NONE &&
+                (int)req->alarm != e->alarms[i].type)
                 continue;
             etcdserverpb__alarm_member__init(&ms[n]);
             ms[n].memberid = e->alarms[i].member_id;
@@ -121,7 +122,8 @@ void etcd__alarm(void *ctx, struct api_call *call, const Etcdserverpb__AlarmRequ
         api_reply_error(call, API_GRPC_INVALID_ARGUMENT, "etcdserver: unknown alarm action");
         return;
     }
-    for (size_t i = 0; i < n; i++) pms[i] = &ms[i];
+    for (size_t i = 0; i < n; i++)
+        pms[i] = &ms[i];
     etcd__header(e, &hdr, 0);
     resp.header = &hdr;
     resp.alarms = pms;
@@ -168,8 +170,8 @@ void etcd__status_rpc(void *ctx, struct api_call *call, const Etcdserverpb__Stat
     }
     for (size_t i = 0; i < e->n_alarms; i++) {
         /* etcd prints the AlarmMember message in protobuf's compact text. */
-        snprintf(texts[n], sizeof texts[n], "memberID:%" PRIu64 " alarm:%s ", e->alarms[i].member_id,
-                 alarm_name(e->alarms[i].type));
+        snprintf(texts[n], sizeof texts[n], "memberID:%" PRIu64 " alarm:%s ",
+                 e->alarms[i].member_id, alarm_name(e->alarms[i].type));
         errs[n] = texts[n];
         n++;
     }
@@ -282,9 +284,12 @@ void etcd__move_leader(void *ctx, struct api_call *call,
     if (rc) {
         free(mc);
         etcd__unref(e);
-        if (rc == -ENOENT) rc = ETCD_EBADTRANSFEREE;
-        else if (rc == -EPERM) rc = ETCD_ENOTLEADER;
-        else if (rc == -EBUSY || rc == -EAGAIN) rc = ETCD_EUNHEALTHY;
+        if (rc == -ENOENT)
+            rc = ETCD_EBADTRANSFEREE;
+        else if (rc == -EPERM)
+            rc = ETCD_ENOTLEADER;
+        else if (rc == -EBUSY || rc == -EAGAIN)
+            rc = ETCD_EUNHEALTHY;
         etcd__reply_error(call, rc);
     }
 }
@@ -324,7 +329,8 @@ int etcd__tar_header(uint8_t hdr[512], const char *name, uint64_t size, uint32_t
     memcpy(hdr + 263, "00", 2);
     memset(hdr + 148, ' ', 8);
     unsigned sum = 0;
-    for (unsigned i = 0; i < TAR_BLOCK; i++) sum += hdr[i];
+    for (unsigned i = 0; i < TAR_BLOCK; i++)
+        sum += hdr[i];
     put_octal(hdr + 148, 7, sum);
     hdr[155] = ' ';
     return 0;
@@ -333,7 +339,8 @@ int etcd__tar_header(uint8_t hdr[512], const char *name, uint64_t size, uint32_t
 static int get_octal(const uint8_t *f, size_t width, uint64_t *out) {
     uint64_t v = 0;
     size_t i = 0;
-    while (i < width && f[i] == ' ') i++;
+    while (i < width && f[i] == ' ')
+        i++;
     bool any = false;
     for (; i < width && f[i] >= '0' && f[i] <= '7'; i++) {
         if (v >> 60) return -1;
@@ -349,10 +356,12 @@ static int get_octal(const uint8_t *f, size_t width, uint64_t *out) {
 
 int etcd__tar_parse(const uint8_t hdr[512], char name[101], uint64_t *size, char *type) {
     bool zero = true;
-    for (unsigned i = 0; i < TAR_BLOCK && zero; i++) zero = hdr[i] == 0;
+    for (unsigned i = 0; i < TAR_BLOCK && zero; i++)
+        zero = hdr[i] == 0;
     if (zero) return 1;
     unsigned sum = 0;
-    for (unsigned i = 0; i < TAR_BLOCK; i++) sum += (i >= 148 && i < 156) ? ' ' : hdr[i];
+    for (unsigned i = 0; i < TAR_BLOCK; i++)
+        sum += (i >= 148 && i < 156) ? ' ' : hdr[i];
     uint64_t want;
     if (get_octal(hdr + 148, 8, &want) != 0 || want != sum) return -1;
     memcpy(name, hdr, 100);
@@ -396,22 +405,22 @@ struct etcd_snapshot {
     int kind; /* ETCD_STREAM_SNAPSHOT; first, see etcd.h */
     struct etcd_snapshot *next;
     struct etcd *e;
-    struct api_stream *st; /* NULL once closed */
+    struct api_stream *st;   /* NULL once closed */
     char dir[SNAP_PATH_MAX]; /* the checkpoint, removed at the end */
     char marker[256];        /* the QUORUMFS-SNAPSHOT member's text */
     size_t marker_len;
     struct snap_file *files; /* files[0] is the marker */
     size_t n_files;
-    size_t cur;        /* file being archived */
+    size_t cur; /* file being archived */
     enum snap_phase ph;
-    uint64_t off;      /* bytes of the current piece produced */
-    int fd;            /* the current file, -1 if none */
+    uint64_t off; /* bytes of the current piece produced */
+    int fd;       /* the current file, -1 if none */
     uint64_t total, sent;
     EVP_MD_CTX *sha;
     uint8_t chunk[ETCD_SNAPSHOT_CHUNK_BYTES];
-    size_t chunk_len;  /* bytes produced but not yet accepted by the stream */
-    bool waiting;      /* for stream_drained */
-    uv_timer_t turn;   /* next production turn; its close callback frees */
+    size_t chunk_len; /* bytes produced but not yet accepted by the stream */
+    bool waiting;     /* for stream_drained */
+    uv_timer_t turn;  /* next production turn; its close callback frees */
 };
 
 static void snap_closed_cb(uv_handle_t *h) {
@@ -469,8 +478,7 @@ static ssize_t snap_produce(struct etcd_snapshot *sn, uint8_t *buf, size_t cap) 
                 sn->off = 0;
                 if (sn->cur > 0) {
                     char path[SNAP_PATH_MAX + 110];
-                    snprintf(path, sizeof path, "%s/%s", sn->dir,
-                             f->name + strlen(SNAP_DB_PREFIX));
+                    snprintf(path, sizeof path, "%s/%s", sn->dir, f->name + strlen(SNAP_DB_PREFIX));
                     sn->fd = open(path, O_RDONLY | O_CLOEXEC);
                     if (sn->fd < 0) return -1;
                 }
@@ -633,7 +641,8 @@ static int snap_list(struct etcd_snapshot *sn) {
     return rc;
 }
 
-void etcd__snapshot(void *ctx, struct api_stream *stream, const Etcdserverpb__SnapshotRequest *req) {
+void etcd__snapshot(void *ctx, struct api_stream *stream,
+                    const Etcdserverpb__SnapshotRequest *req) {
     (void)req;
     struct etcd *e = ctx;
     if (e->stopping) {
@@ -687,7 +696,8 @@ void etcd__snapshot(void *ctx, struct api_stream *stream, const Etcdserverpb__Sn
     snprintf(sn->files[0].name, sizeof sn->files[0].name, "%s", SNAP_MARKER_NAME);
     sn->files[0].size = sn->marker_len;
     sn->total = 2 * TAR_BLOCK;
-    for (size_t i = 0; i < sn->n_files; i++) sn->total += TAR_BLOCK + tar_padded(sn->files[i].size);
+    for (size_t i = 0; i < sn->n_files; i++)
+        sn->total += TAR_BLOCK + tar_padded(sn->files[i].size);
     sn->sha = EVP_MD_CTX_new();
     if (!sn->sha || EVP_DigestInit_ex(sn->sha, EVP_sha256(), NULL) != 1) {
         snap_finish(sn, API_GRPC_INTERNAL, "etcdserver: snapshot checksum failed");
@@ -711,13 +721,28 @@ void etcd__snapshot_drained(struct etcd *e, struct api_stream *stream) {
     snap_pump(sn);
 }
 
+void etcd__snapshot_cleanup(const char *data_dir) {
+    DIR *d = opendir(data_dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, "snap-client-", 12) != 0) continue;
+        char path[SNAP_PATH_MAX + 300];
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", data_dir, de->d_name) < sizeof path)
+            rm_tree(path);
+    }
+    closedir(d);
+}
+
 void etcd__snapshot_stop_all(struct etcd *e) {
-    while (e->snapshots) snap_finish(e->snapshots, API_GRPC_UNAVAILABLE, "etcdserver: server stopped");
+    while (e->snapshots)
+        snap_finish(e->snapshots, API_GRPC_UNAVAILABLE, "etcdserver: server stopped");
 }
 
 /* --------------------------------------------------------------- restore */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
@@ -817,7 +842,8 @@ static int unpack_into(int fd, uint64_t size, const char *dir, uint64_t *term, u
         int r = etcd__tar_parse(hdr, name, &fsize, &type);
         if (r == 1) break;
         if (r < 0 || type != '0') return fail(err, errlen, "snapshot archive has a bad header");
-        if (tar_padded(fsize) > size - pos) return fail(err, errlen, "snapshot archive is truncated");
+        if (tar_padded(fsize) > size - pos)
+            return fail(err, errlen, "snapshot archive is truncated");
         if (!marker) {
             if (strcmp(name, SNAP_MARKER_NAME) != 0 || fsize >= 1024)
                 return fail(err, errlen, "not a quorumfs snapshot (no %s first)", SNAP_MARKER_NAME);
@@ -826,7 +852,8 @@ static int unpack_into(int fd, uint64_t size, const char *dir, uint64_t *term, u
                 return fail(err, errlen, "snapshot archive is truncated");
             text[fsize] = '\0';
             int version = 0;
-            if (sscanf(text, "quorumfs-snapshot %d", &version) != 1 || version != SNAP_FORMAT_VERSION)
+            if (sscanf(text, "quorumfs-snapshot %d", &version) != 1 ||
+                version != SNAP_FORMAT_VERSION)
                 return fail(err, errlen, "unsupported snapshot format (want version %d)",
                             SNAP_FORMAT_VERSION);
             const char *t = strstr(text, "\nterm ");
@@ -835,7 +862,8 @@ static int unpack_into(int fd, uint64_t size, const char *dir, uint64_t *term, u
             marker = true;
             continue;
         }
-        if (!db_member(name)) return fail(err, errlen, "unexpected member \"%s\" in snapshot", name);
+        if (!db_member(name))
+            return fail(err, errlen, "unexpected member \"%s\" in snapshot", name);
         char path[SNAP_PATH_MAX + 128];
         if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name + strlen(SNAP_DB_PREFIX)) >=
             sizeof path)

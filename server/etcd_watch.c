@@ -478,7 +478,8 @@ static void start_progress_timer(struct wstream *ws) {
     ws->progress_timer_on = true;
     /* etcd adds up to a tenth of jitter so that watchers created together
      * do not report together. */
-    uint64_t jitter = progress_interval_ms / 10 ? (uint64_t)rand() % (progress_interval_ms / 10) : 0;
+    uint64_t jitter =
+        progress_interval_ms / 10 ? (uint64_t)rand() % (progress_interval_ms / 10) : 0;
     uint64_t every = progress_interval_ms + jitter;
     uv_timer_start(&ws->progress_timer, progress_cb, every, every);
 }
@@ -498,7 +499,7 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
         int cmp = memcmp(key, end, m);
         if (cmp > 0 || (cmp == 0 && key_len >= end_len)) {
             c.canceled = true;
-            snprintf(c.reason, sizeof c.reason, "%s", "mvcc: watcher range is empty");
+            snprintf(c.reason, sizeof c.reason, "%s", etcd__strerror(ETCD_EWATCHRANGE));
             send_ctrl(ws, &c);
             return;
         }
@@ -506,8 +507,7 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
     int64_t id = cr->watch_id;
     if (id != 0 && watcher_find(ws, id, NULL)) {
         c.canceled = true;
-        snprintf(c.reason, sizeof c.reason, "%s",
-                 "mvcc: duplicate watch ID provided on the WatchStream");
+        snprintf(c.reason, sizeof c.reason, "%s", etcd__strerror(ETCD_EWATCHDUPID));
         send_ctrl(ws, &c);
         return;
     }
@@ -518,7 +518,8 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
         return;
     }
     if (id == 0) {
-        while (watcher_find(ws, ws->next_id, NULL)) ws->next_id++;
+        while (watcher_find(ws, ws->next_id, NULL))
+            ws->next_id++;
         id = ws->next_id++;
     }
     struct watcher *w = calloc(1, sizeof *w);
@@ -553,7 +554,8 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
     }
     /* Newest last, so a stream's watchers are served in creation order. */
     struct watcher **pp = &ws->watchers;
-    while (*pp) pp = &(*pp)->next;
+    while (*pp)
+        pp = &(*pp)->next;
     *pp = w;
     ws->n_watchers++;
     c.watch_id = id;
@@ -599,8 +601,7 @@ void etcd__watch_request(void *ctx, struct api_stream *stream,
         send_progress_if_synced(ws);
         if (ws->progress_wanted) schedule_sync(ws->e, 0);
         break;
-    default:
-        break; /* etcd ignores what it does not know */
+    default: break; /* etcd ignores what it does not know */
     }
 }
 
@@ -620,7 +621,8 @@ static void close_stream(struct wstream *ws, enum api_grpc_code code, const char
     ws->st = NULL;
     *ws->pprev = ws->next;
     if (ws->next) ws->next->pprev = ws->pprev;
-    while (ws->watchers) watcher_remove(ws, &ws->watchers);
+    while (ws->watchers)
+        watcher_remove(ws, &ws->watchers);
     while (ws->ctrl_head) {
         struct ctrl *c = ws->ctrl_head;
         ws->ctrl_head = c->next;
@@ -700,7 +702,8 @@ void etcd__watch_stop(struct etcd *e) {
     struct etcd_watch_hub *hub = e->watch;
     if (!hub || hub->stopped) return;
     hub->stopped = true;
-    while (hub->streams) close_stream(hub->streams, API_GRPC_UNAVAILABLE, "etcdserver: server stopped");
+    while (hub->streams)
+        close_stream(hub->streams, API_GRPC_UNAVAILABLE, "etcdserver: server stopped");
     uv_close((uv_handle_t *)&hub->sync_timer, hub_timer_closed);
 }
 

@@ -328,6 +328,7 @@ sc_lock() {
   wait_until 10 sh -c "[ -z \"\$('$ETCDCTL_BIN' --endpoints='$EP' get lock1 --prefix --keys-only)\" ]" ||
     echo "[lock key left after B's release]"
   ec get lock1 --prefix --keys-only
+  # shellcheck disable=SC2016 # expanded by the locked command's shell
   ec lock lock2 -- sh -c 'echo "held $ETCD_LOCK_KEY at revision $ETCD_LOCK_REV"'
   ec get lock2 --prefix --keys-only
 }

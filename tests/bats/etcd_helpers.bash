@@ -110,17 +110,27 @@ diff_setup() {
 # bg_add PID: remembers a background process of a test for teardown.
 bg_add() { echo "$1" >>"$QFS_TMP/bg.pids"; }
 
-# bg_stop PID: TERM (timeout(1) passes it on to its command), wait with a
-# deadline, then KILL the process and its direct children by PID.
+# descendants PID: the PIDs of PID's children, grandchildren, ...
+descendants() {
+  local k
+  for k in $(pgrep -P "$1" 2>/dev/null); do
+    echo "$k"
+    descendants "$k"
+  done
+}
+
+# bg_stop PID: SIGTERM to PID and its descendants (a function run in the
+# background is a subshell whose child is the real program; timeout(1)
+# passes SIGTERM on as well), a deadline, then SIGKILL, all by PID.
 bg_stop() {
-  local pid=$1 kids
+  local pid=$1 all p
   kill -0 "$pid" 2>/dev/null || return 0
-  kids=$(pgrep -P "$pid" 2>/dev/null || true)
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_until 10 sh -c "! kill -0 $pid 2>/dev/null"; then
-    # shellcheck disable=SC2086
-    kill -KILL $kids "$pid" 2>/dev/null || true
-  fi
+  all="$pid $(descendants "$pid")"
+  # shellcheck disable=SC2086
+  kill -TERM $all 2>/dev/null || true
+  for p in $all; do
+    wait_until 10 sh -c "! kill -0 $p 2>/dev/null" || kill -KILL "$p" 2>/dev/null || true
+  done
   wait "$pid" 2>/dev/null || true
   return 0
 }
