@@ -886,7 +886,17 @@ static int conn_init(struct api__conn *c, struct api_server *s, bool tls) {
     c->server = s;
     nghttp2_session_callbacks *cbs = callbacks_new();
     if (cbs == NULL) return API_ENOMEM;
-    int rc = nghttp2_session_server_new(&c->h2, cbs, c);
+    /* etcdctl sends ":authority: passthrough:///http://HOST:PORT", which
+     * nghttp2's HTTP messaging checks reject; gRPC framing, method and
+     * content-type are checked here instead. */
+    nghttp2_option *opt = NULL;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return API_ENOMEM;
+    }
+    nghttp2_option_set_no_http_messaging(opt, 1);
+    int rc = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0) return API_ENOMEM;
     nghttp2_settings_entry iv[] = {
