@@ -82,6 +82,7 @@ void fs_options_init(struct fs_options *opt) {
     opt->threads_max = FS_THREADS_MAX_DEFAULT;
     opt->default_permissions = 1;
     opt->fsname = "quorumfs";
+    opt->replay = 1;
 }
 
 const char *fs_errmsg(const struct fs *fs) { return fs ? fs->errmsg : ""; }
@@ -358,7 +359,7 @@ int fs__any(struct fs *fs, const char *lo, size_t lol, const char *hi, size_t hi
 /* The smallest string greater than every string with prefix p: p without
  * its trailing 0xFF bytes, last byte + 1. Returns 0 (and *end NULL) when
  * there is none (p empty or all 0xFF). end is malloc()ed. */
-static int prefix_end(const char *p, size_t pl, char **end, size_t *el) {
+int fs__prefix_end(const char *p, size_t pl, char **end, size_t *el) {
     while (pl > 0 && (unsigned char)p[pl - 1] == 0xFF) pl--;
     *end = NULL;
     *el = 0;
@@ -375,7 +376,7 @@ static int prefix_end(const char *p, size_t pl, char **end, size_t *el) {
 int fs__any_prefix(struct fs *fs, const char *p, size_t pl) {
     char *e;
     size_t el;
-    int rc = prefix_end(p, pl, &e, &el);
+    int rc = fs__prefix_end(p, pl, &e, &el);
     if (rc < 0) return rc;
     rc = fs__any(fs, p, pl, e, el);
     free(e);
@@ -415,7 +416,7 @@ int fs__next_child(struct fs *fs, const char *d, size_t dl, const char *after,
     int have_after = after != NULL;
     struct fs_kv *kvs = NULL;
     size_t n = 0;
-    int rc = prefix_end(d, dl, &end, &endl);
+    int rc = fs__prefix_end(d, dl, &end, &endl);
     if (rc < 0) return rc;
     if (have_after) {
         cur = malloc(afl ? afl : 1);
@@ -530,7 +531,7 @@ int fs__would_empty(struct fs *fs, const char *d, size_t dl, const char *raw, si
     char *e = NULL;
     int rc = -ENOMEM;
     if (!a || !b || !c || !z) goto out;
-    rc = prefix_end(d, dl, &e, &el);
+    rc = fs__prefix_end(d, dl, &e, &el);
     if (rc < 0) goto out;
     rc = fs__any(fs, d, dl, a, al);
     if (rc != 0) goto done;
@@ -639,6 +640,8 @@ int fs_notify_change(struct fs *fs, const struct fs_change *c) {
     FS_ASSERT(c != NULL);
     FS_ASSERT(c->key != NULL || c->key_len == 0);
     if (atomic_load(&fs->state) != FS__RUNNING) return 0;
+    if (!c->more && c->revision > atomic_load(&fs->notified_rev))
+        atomic_store(&fs->notified_rev, c->revision); /* only the node loop writes */
     if (c->key_len < fs->prefix_len || memcmp(c->key, fs->prefix, fs->prefix_len) != 0) {
         /* Outside the mount, except the root's own value key (prefix less
          * its '/'), which shows as "MNT/%". */
@@ -652,6 +655,8 @@ int fs_notify_change(struct fs *fs, const struct fs_change *c) {
     it->type = c->type;
     it->created = c->created;
     it->local = c->local;
+    it->more = c->more;
+    it->revision = c->revision;
     it->key_len = c->key_len;
     if (c->key_len) memcpy(it->key, c->key, c->key_len);
     it->key[c->key_len] = '\0';
@@ -737,7 +742,10 @@ static void *inval_main(void *arg) {
         fs->inval_len--;
         pthread_mutex_unlock(&fs->q_lock);
         inval_key(fs, se, it);
-        free(it);
+        if (!it->local && fs->replay_started)
+            fs__replay_push(fs, it); /* after its invalidation */
+        else
+            free(it);
         pthread_mutex_lock(&fs->q_lock);
     }
     pthread_mutex_unlock(&fs->q_lock);
@@ -809,6 +817,8 @@ int fs_new(const struct fs_options *opt, const struct fs_backend *be, struct fs 
     pthread_mutex_init(&fs->q_lock, NULL);
     pthread_cond_init(&fs->q_cond, NULL);
     pthread_cond_init(&fs->work_cond, NULL);
+    pthread_cond_init(&fs->rp_cond, NULL);
+    pthread_mutex_init(&fs->ov_lock, NULL);
     const char *fm[] = {"/usr/bin/fusermount3", "/bin/fusermount3",
                         "/usr/local/bin/fusermount3"};
     for (size_t i = 0; i < sizeof fm / sizeof fm[0]; i++) {
@@ -839,6 +849,11 @@ void fs_free(struct fs *fs) {
         fs->inval_head = it->next;
         free(it);
     }
+    while (fs->rp_head) {
+        struct queue_item *it = fs->rp_head;
+        fs->rp_head = it->next;
+        free(it);
+    }
     if (fs->inited) {
         pthread_mutex_destroy(&fs->ino_lock);
         pthread_mutex_destroy(&fs->h_lock);
@@ -847,6 +862,8 @@ void fs_free(struct fs *fs) {
         pthread_mutex_destroy(&fs->q_lock);
         pthread_cond_destroy(&fs->q_cond);
         pthread_cond_destroy(&fs->work_cond);
+        pthread_cond_destroy(&fs->rp_cond);
+        pthread_mutex_destroy(&fs->ov_lock);
     }
     if (fs->inited) close(fs->stop_fd);
     free(fs->mountpoint);
@@ -860,7 +877,12 @@ static void stop_threads(struct fs *fs, int started_inval, int started_work) {
     fs->q_stop = 1;
     pthread_cond_broadcast(&fs->q_cond);
     pthread_cond_broadcast(&fs->work_cond);
+    pthread_cond_broadcast(&fs->rp_cond);
     pthread_mutex_unlock(&fs->q_lock);
+    if (fs->replay_started) {
+        pthread_join(fs->replay_thread, NULL);
+        fs->replay_started = 0;
+    }
     if (started_inval) pthread_join(fs->inval_thread, NULL);
     if (started_work) pthread_join(fs->work_thread, NULL);
 }
@@ -896,6 +918,18 @@ static void *worker_main(void *arg) {
             break;
         }
         fuse_session_process_buf(se, &buf);
+    }
+    /* A replay call in progress waits for our answer: serve until it is
+     * done (the replay thread starts no new one once stop_requested). */
+    while (atomic_load(&fs->replay_busy)) {
+        struct pollfd q = {fuse_session_fd(se), POLLIN, 0};
+        if (poll(&q, 1, 10) <= 0 || !(q.revents & POLLIN)) {
+            if (q.revents & (POLLERR | POLLHUP | POLLNVAL)) break;
+            continue;
+        }
+        int res = fuse_session_receive_buf(se, &buf);
+        if (res == 0 || (res < 0 && res != -EINTR && res != -EAGAIN)) break;
+        if (res > 0) fuse_session_process_buf(se, &buf);
     }
     free(buf.mem);
     atomic_store(&fs->stop_requested, 1);
@@ -935,6 +969,13 @@ int fs_run(struct fs *fs) {
         goto err_threads;
     }
     started_inval = 1;
+    if (fs->opt.replay) {
+        if (pthread_create(&fs->replay_thread, NULL, fs__replay_main, fs) != 0) {
+            rc = -EAGAIN;
+            goto err_threads;
+        }
+        fs->replay_started = 1;
+    }
     if (pthread_create(&fs->work_thread, NULL, work_main, fs) != 0) {
         rc = -EAGAIN;
         goto err_threads;
@@ -959,6 +1000,7 @@ int fs_run(struct fs *fs) {
     if (n_workers == 0) rc = -EAGAIN;
     for (unsigned i = 0; i < n_workers; i++) pthread_join(workers[i], NULL);
     free(workers);
+    fuse_session_exit(se);
     if (rc == 0 && atomic_load(&fs->loop_err) < 0) rc = atomic_load(&fs->loop_err);
 err_threads:
     /* Every submitted transaction must come back before the session goes. */
@@ -1013,7 +1055,9 @@ static void stop_locked(struct fs *fs) {
     atomic_store(&fs->stop_requested, 1);
     struct fuse_session *se = atomic_load(&fs->se);
     if (se == NULL) return;
-    fuse_session_exit(se);
+    /* No fuse_session_exit here: libfuse drops (unanswered) a request it
+     * reads after it, and the workers may still serve the replay thread's
+     * last call (worker_main); they stop on stop_requested. */
     wake_workers(fs);
     if (umount2(fs->mountpoint, MNT_DETACH) == 0) {
         atomic_store(&fs->detached, 1);

@@ -239,6 +239,8 @@ struct fs_options {
                                 default 1 */
     int debug;               /* libfuse debug output on stderr */
     const char *fsname;      /* shown in /proc/mounts; default "quorumfs" */
+    int replay;              /* replay non-local changes through the mountpoint
+                                so the kernel emits inotify events; default 1 */
 };
 
 /* Fills opt with the defaults above (mountpoint NULL). */
@@ -286,19 +288,28 @@ struct fs_change {
     int64_t revision; /* the revision that made the change */
     int created;      /* FS_CHANGE_PUT: 1 if the key did not exist before */
     int local;        /* 1 if the change came from this fs object's submit();
-                         later the replay thread replays only non-local
-                         changes through the mountpoint as inotify events */
+                         the replay thread replays only non-local changes
+                         through the mountpoint (inotify events) */
+    int more;         /* 1 if another change of the same revision follows in
+                         the next call: the replay thread sees one
+                         transaction whole (a rename is a delete and a put
+                         at one revision). 0 is always safe. */
 };
 
 /* Tells fs that a change was applied (any origin: this mount, a gRPC client,
  * another node, a lease expiry). Call after every applied change, in
  * revision order, from the node loop; a transaction that touched several
- * keys is several calls. Never blocks: it queues the key (copied) for the
- * invalidation thread, which drops the kernel's cached attributes, data and
- * directory entries for it. If the queue is full (FS_INVAL_QUEUE_MAX) the
- * change is dropped and the kernel caches expire by their timeouts.
+ * keys is several calls (each but the last with more = 1). Never blocks: it
+ * queues the key (copied) for the invalidation thread, which drops the
+ * kernel's cached attributes, data and directory entries for it, then hands
+ * non-local changes to the replay thread (fs/replay.c), which repeats them
+ * as filesystem operations on the mountpoint where the kernel holds the
+ * inode or its parent, so that inotify watchers see them. If a queue is
+ * full (FS_INVAL_QUEUE_MAX, FS_REPLAY_QUEUE_MAX) the change is dropped
+ * there: caches then expire by their timeouts, and no event is replayed.
  * Returns 0 or -ENOMEM; a no-op (0) when fs_run is not running. */
 #define FS_INVAL_QUEUE_MAX 65536u
+#define FS_REPLAY_QUEUE_MAX 65536u
 int fs_notify_change(struct fs *fs, const struct fs_change *change);
 
 /* ------------------------------------------------------------------------ */

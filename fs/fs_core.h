@@ -80,6 +80,8 @@ struct fh {
                            before the writes ("echo v > f") puts nothing */
     int failed;         /* a write failed (EFBIG): nothing of this handle is
                            put, and flush reports the error */
+    int replay;         /* opened by the replay thread: writes are dropped,
+                           nothing is ever put */
     int append;         /* O_APPEND */
     int64_t write_ns;   /* wall clock of the last write/truncate */
     uint32_t mode, uid, gid; /* metadata when opened (used if the key vanished) */
@@ -161,7 +163,8 @@ struct op {
 struct queue_item {
     struct queue_item *next;
     enum fs_change_type type;
-    int created, local;
+    int created, local, more;
+    int64_t revision;
     size_t key_len;
     char key[];
 };
@@ -210,9 +213,32 @@ struct fs {
     pthread_t inval_thread, work_thread;
     pthread_cond_t work_cond;
 
-    /* The future replay thread's tid: requests from it are acknowledged
-     * without proposing (see is_replay in ops.c). 0 = none. */
-    atomic_int replay_tid;
+    /* The replay thread (replay.c). Requests whose ctx->pid is replay_tid
+     * are acknowledged without proposing (fs__is_replay). */
+    atomic_int replay_tid;     /* 0 = none */
+    pthread_t replay_thread;
+    int replay_started;
+    pthread_cond_t rp_cond;                   /* with q_lock */
+    struct queue_item *rp_head, *rp_tail;     /* q_lock */
+    size_t rp_len;                            /* q_lock */
+    uint64_t rp_dropped;                      /* q_lock */
+    _Atomic int64_t notified_rev; /* highest revision fs_notify_change saw */
+    atomic_int replay_busy; /* inside a batch of syscalls on the mount: the
+                               workers keep serving until it is 0 */
+    pthread_mutex_t ov_lock; /* the lookup overrides below */
+    const struct fs__override *ov; /* what lookups from the replay thread see
+                                      (the replay thread's array) */
+    size_t n_ov;
+};
+
+/* While the replay thread repeats an operation, its lookups must see the
+ * key space as it was just before the change: a created name as absent, a
+ * deleted one as present. Set and cleared by replay.c around each call. */
+struct fs__override {
+    int is_dir;
+    int present;
+    char *key; /* a file key, or a directory prefix (ending in '/') */
+    size_t key_len;
 };
 
 enum { FS__NEW = 0, FS__RUNNING, FS__DONE };
@@ -265,6 +291,25 @@ void fs__child_free(struct child *c);
 
 void fs__handle_add(struct fs *fs, struct hnode *h, int is_dir);
 void fs__handle_del(struct hnode *h);
+
+/* The smallest string above every string with prefix p (malloc()ed; *e
+ * NULL when there is none). 0 or -ENOMEM. */
+int fs__prefix_end(const char *p, size_t pl, char **e, size_t *el);
+
+/* ops.c: metadata and value length of key k (value not fetched): 0,
+ * -ENOENT or -errno; *out to be cleared with fs_kv_clear. */
+int fs__stat_key(struct fs *fs, const char *k, size_t kl, struct fs_kv *out);
+
+/* replay.c */
+void *fs__replay_main(void *arg);
+/* Queues a non-local change (taken over) for the replay thread. */
+void fs__replay_push(struct fs *fs, struct queue_item *it);
+/* Whether req comes from the replay thread. */
+int fs__is_replay(struct fs *fs, fuse_req_t req);
+/* For a lookup from the replay thread: -1 no override for c, 0 absent,
+ * 1 present (*is_dir set). */
+struct child;
+int fs__replay_view(struct fs *fs, const struct child *c, int *is_dir);
 
 /* ops.c */
 void fs__handle_destroy(struct hnode *h); /* frees an fh or dh */

@@ -12,11 +12,12 @@
  * Errors: helpers return 0 or -errno; the handler turns that into one
  * fuse_reply_err(req, -rc).
  *
- * Replay: when the replay thread exists, handlers will recognise its
- * requests by fuse_req_ctx(req)->pid == fs->replay_tid and acknowledge them
- * from the store's current state instead of submitting (the change they
- * replay is already applied); that check belongs at the top of create,
- * mkdir, unlink, rmdir, rename, write, flush, fsync and release.
+ * Replay: requests from the replay thread (replay.c; fs__is_replay) are
+ * acknowledged from the store's current state without submitting, since
+ * the change they repeat is already applied: lookup answers as the
+ * thread's overrides say, create/mkdir/unlink/rmdir/rename/setattr only
+ * update the inode table, and its open files (fh->replay, direct I/O)
+ * drop what is written and put nothing.
  */
 #define _GNU_SOURCE
 #include "fs/fs_core.h"
@@ -44,7 +45,7 @@ static double secs(uint32_t ms) { return (double)ms / 1000.0; }
 /* ---- store reads ---- */
 
 /* Metadata and value length of key (value not fetched). 0, -ENOENT, -errno. */
-static int stat_key(struct fs *fs, const char *k, size_t kl, struct fs_kv *out) {
+int fs__stat_key(struct fs *fs, const char *k, size_t kl, struct fs_kv *out) {
     memset(out, 0, sizeof *out);
     if (kl == 0) return -ENOENT; /* the store has no empty key */
     size_t hl;
@@ -115,7 +116,7 @@ int fs__attr_of_kv(struct fs *fs, fuse_ino_t ino, int is_dir, const struct fs_kv
 static int dir_attr(struct fs *fs, fuse_ino_t ino, const char *d, size_t dl, int is_root,
                     struct stat *st) {
     struct fs_kv kv;
-    int rc = stat_key(fs, d, dl, &kv);
+    int rc = fs__stat_key(fs, d, dl, &kv);
     if (rc < 0 && rc != -ENOENT) return rc;
     int have = rc == 0;
     if (!is_root && !(have && S_ISDIR(kv.mode))) {
@@ -227,7 +228,7 @@ static int child_kind(struct fs *fs, const struct child *c, struct fs_kv *kv) {
         int rc = fs__any_prefix(fs, c->dkey, c->dkl);
         if (rc != 0) return rc < 0 ? rc : 2;
     }
-    int rc = stat_key(fs, c->fkey, c->fkl, kv);
+    int rc = fs__stat_key(fs, c->fkey, c->fkl, kv);
     if (rc == -ENOENT) return 0;
     if (rc < 0) return rc;
     if (!c->is_value && c->rl == 0 && S_ISDIR(kv->mode)) { /* hidden marker */
@@ -258,7 +259,27 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         fuse_reply_err(req, rc == -EINVAL ? ENOENT : -rc);
         return;
     }
-    int kind = child_kind(fs, &c, &kv);
+    int kind = -1;
+    memset(&kv, 0, sizeof kv);
+    if (fs__is_replay(fs, req)) {
+        int is_dir = 0;
+        int view = fs__replay_view(fs, &c, &is_dir);
+        if (view == 0) { /* not there yet, as far as the replay is concerned */
+            struct fuse_entry_param e;
+            memset(&e, 0, sizeof e);
+            fuse_reply_entry(req, &e);
+            goto out;
+        }
+        if (view == 1) {
+            kind = is_dir ? 2 : 1;
+            if (!is_dir && fs__stat_key(fs, c.fkey, c.fkl, &kv) < 0) memset(&kv, 0, sizeof kv);
+        }
+    }
+    if (kind < 0) kind = child_kind(fs, &c, &kv);
+    if (kind == 0 && fs__is_replay(fs, req) && !c.is_value &&
+        fs__ino_peek(fs, 1, c.dkey, c.dkl) != 0)
+        kind = 2; /* a directory the kernel holds, gone in the store since the
+                     change being replayed: the replay's path still walks it */
     if (kind < 0) {
         fuse_reply_err(req, -kind);
         goto out;
@@ -279,6 +300,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
             goto out;
         }
         rc = dir_attr(fs, fs__ino_num(fs, in), c.dkey, c.dkl, 0, &st);
+        if (rc == -ENOENT && fs__is_replay(fs, req)) /* a removed directory */
+            rc = fs__attr_of_kv(fs, fs__ino_num(fs, in), 1, NULL, &st);
         if (rc < 0) { /* vanished meanwhile */
             fs__ino_forget(fs, in, 1);
             fuse_reply_err(req, -rc);
@@ -318,7 +341,7 @@ static int file_attr(struct fs *fs, fuse_ino_t ino, struct inode *in, struct fh 
     char *k = fs__ino_key(fs, in, &kl);
     if (k == NULL) return -ENOMEM;
     struct fs_kv kv;
-    int rc = stat_key(fs, k, kl, &kv);
+    int rc = fs__stat_key(fs, k, kl, &kv);
     free(k);
     if (rc == -ENOENT && fh != NULL) { /* deleted while open: what we hold */
         kv.mode = fh->mode;
@@ -354,10 +377,15 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         struct fh *fh = fi ? (struct fh *)(uintptr_t)fi->fh : NULL;
         rc = file_attr(fs, ino, in, fh, &st);
     }
+    if (rc == -ENOENT && fs__is_replay(fs, req)) {
+        /* gone in the store since the change being replayed; the kernel
+         * checks permissions on the way to it (default_permissions) */
+        rc = fs__attr_of_kv(fs, ino, in->is_dir, NULL, &st);
+    }
     if (rc < 0)
         fuse_reply_err(req, -rc);
     else
-        fuse_reply_attr(req, &st, secs(fs->opt.attr_timeout_ms));
+        fuse_reply_attr(req, &st, fs__is_replay(fs, req) ? 0 : secs(fs->opt.attr_timeout_ms));
 }
 
 /* ---- transactions ---- */
@@ -484,6 +512,8 @@ static int fh_resize(struct fh *fh, size_t n) {
 /* ---- create, mknod, mkdir ---- */
 
 static void create_start(struct op *op);
+static void mkdir_done(struct op *op);
+static void rename_done(struct op *op);
 
 static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
     struct fs *fs = op->fs;
@@ -591,6 +621,21 @@ static void make_file(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         }
     }
     op->mode = S_IFREG | (mode & 07777);
+    if (fi && fs__is_replay(fs, req)) { /* the key is already there */
+        op->fi = *fi;
+        op->fi.direct_io = 1;
+        op->fh = fh_new(fs, NULL);
+        if (op->fh == NULL) {
+            op_fail(op, -ENOMEM);
+            return;
+        }
+        op->fh->replay = 1;
+        struct fs_kv kv;
+        if (fs__stat_key(fs, op->a.fkey, op->a.fkl, &kv) < 0) memset(&kv, 0, sizeof kv);
+        reply_created(op, &kv, 0);
+        fs_kv_clear(&kv);
+        return;
+    }
     if (fi) {
         op->fi = *fi;
         op->flags = (unsigned)fi->flags;
@@ -632,6 +677,22 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
     int rc = child_resolve(fs, fs__ino(fs, parent), name, &op->a);
     if (rc < 0 || op->a.is_value) {
         op_fail(op, rc == -ENOENT || rc == 0 ? -EINVAL : rc);
+        return;
+    }
+    if (fs__is_replay(fs, req)) { /* the directory is already there */
+        struct fs_kv kv;
+        if (fs__stat_key(fs, op->a.dkey, op->a.dkl, &kv) < 0 || !S_ISDIR(kv.mode)) {
+            fs_kv_clear(&kv);
+            kv.mode = S_IFDIR | (fs->opt.dir_mode & 07777);
+            kv.uid = fs->opt.uid;
+            kv.gid = fs->opt.gid;
+        }
+        op->mode = kv.mode;
+        op->uid = kv.uid;
+        op->gid = kv.gid;
+        op->mtime_ns = kv.mtime_ns;
+        fs_kv_clear(&kv);
+        mkdir_done(op);
         return;
     }
     size_t el;
@@ -689,6 +750,12 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
         op_fail(op, rc == -EINVAL ? -ENOENT : rc);
         return;
     }
+    if (fs__is_replay(fs, req)) { /* the key is already gone */
+        fs__ino_detach(fs, 0, op->a.fkey, op->a.fkl);
+        fuse_reply_err(req, 0);
+        fs__op_finish(op);
+        return;
+    }
     struct fs_kv kv;
     int kind = child_kind(fs, &op->a, &kv);
     fs_kv_clear(&kv);
@@ -718,12 +785,12 @@ static int dir_nonempty(struct fs *fs, const struct child *c) {
     free(lo);
     if (rc != 0) return rc;
     struct fs_kv kv;
-    rc = stat_key(fs, c->dkey, c->dkl, &kv); /* a marker not written by mkdir */
+    rc = fs__stat_key(fs, c->dkey, c->dkl, &kv); /* a marker not written by mkdir */
     int visible = rc == 0 && !S_ISDIR(kv.mode);
     fs_kv_clear(&kv);
     if (rc < 0 && rc != -ENOENT) return rc;
     if (visible) return 1;
-    rc = stat_key(fs, c->fkey, c->fkl, &kv); /* the directory's own value */
+    rc = fs__stat_key(fs, c->fkey, c->fkl, &kv); /* the directory's own value */
     fs_kv_clear(&kv);
     if (rc == -ENOENT) return 0;
     return rc < 0 ? rc : 1;
@@ -739,6 +806,12 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
     int rc = child_resolve(fs, fs__ino(fs, parent), name, &op->a);
     if (rc < 0 || op->a.is_value) {
         op_fail(op, rc == 0 ? -ENOTDIR : rc == -EINVAL ? -ENOENT : rc);
+        return;
+    }
+    if (fs__is_replay(fs, req)) { /* the directory is already gone */
+        fs__ino_detach(fs, 1, op->a.dkey, op->a.dkl);
+        fuse_reply_err(req, 0);
+        fs__op_finish(op);
         return;
     }
     struct fs_kv kv;
@@ -797,6 +870,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
     rc = child_resolve(fs, fs__ino(fs, newparent), newname, &op->b);
     if (rc < 0) {
         op_fail(op, rc == -ENOENT ? -EINVAL : rc);
+        return;
+    }
+    if (fs__is_replay(fs, req)) { /* already moved in the store */
+        int is_dir = 0;
+        (void)fs__replay_view(fs, &op->a, &is_dir);
+        op->is_dir = is_dir;
+        rename_done(op);
         return;
     }
     rename_start(op);
@@ -1028,6 +1108,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     struct fh *fh = (fi && !in->is_dir) ? (struct fh *)(uintptr_t)fi->fh : NULL;
     int meta_bits = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
                     FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW;
+    if (fs__is_replay(fs, req)) to_set = 0; /* the store holds the result */
     if (in->is_dir && (to_set & FUSE_SET_ATTR_SIZE)) {
         fuse_reply_err(req, EISDIR);
         return;
@@ -1231,6 +1312,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         kv.value = NULL;
     }
     fh->append = (fi->flags & O_APPEND) != 0;
+    if (fs__is_replay(fs, req)) {
+        fh->replay = 1;
+        fh->dirty = 0;
+        fi->direct_io = 1;
+        trunc = 1; /* the page cache is dropped at the next open */
+    }
     fh->mode = kv.mode ? kv.mode : S_IFREG | fs->opt.file_mode;
     fh->uid = kv.mode ? kv.uid : fs->opt.uid;
     fh->gid = kv.mode ? kv.gid : fs->opt.gid;
@@ -1266,6 +1353,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     struct fs *fs = fs_of(req);
     struct fh *fh = (struct fh *)(uintptr_t)fi->fh;
     int rc = 0;
+    if (fh->replay) { /* counted, not kept */
+        fuse_reply_write(req, size);
+        return;
+    }
     pthread_mutex_lock(&fh->lock);
     size_t pos = fh->append ? fh->len : (size_t)off;
     if (off < 0 || pos > fs->opt.value_bytes_max || size > fs->opt.value_bytes_max - pos) {
@@ -1295,6 +1386,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
  * reply), 0 when there was nothing to put, or -errno. */
 static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
     pthread_mutex_lock(&fh->lock);
+    if (fh->replay) {
+        pthread_mutex_unlock(&fh->lock);
+        return 0;
+    }
     if (fh->failed) {
         int err = fh->failed;
         pthread_mutex_unlock(&fh->lock);
@@ -1324,7 +1419,7 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
     /* Current metadata wins: a chmod/chown/utimens made while the file was
      * open must survive this put (cp -p sets them before close). */
     struct fs_kv kv;
-    int rc = stat_key(fs, k, kl, &kv);
+    int rc = fs__stat_key(fs, k, kl, &kv);
     int have = rc == 0 && kv.mode != 0;
     struct txn_b t = {0};
     struct fs_op *o = add_op(&t, FS_OP_PUT, k, kl);
@@ -1490,7 +1585,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (off < FS__DIR_OFF_VALUE) {
         size_t vl;
         struct fs_kv kv;
-        if (value_key_of(fs, d, dl, &vl) && stat_key(fs, d, vl, &kv) == 0) {
+        if (value_key_of(fs, d, dl, &vl) && fs__stat_key(fs, d, vl, &kv) == 0) {
             fs_kv_clear(&kv);
             fuse_ino_t vi = fs__ino_peek(fs, 0, d, vl);
             size_t l = add_entry(req, buf + pos, size - pos, FS__NAME_VALUE, S_IFREG,
@@ -1653,7 +1748,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
         size_t kl;
         char *k = fs__ino_key(fs, in, &kl);
         struct fs_kv kv;
-        int rc = k ? stat_key(fs, k, kl, &kv) : -ENOMEM;
+        int rc = k ? fs__stat_key(fs, k, kl, &kv) : -ENOMEM;
         free(k);
         if (rc < 0) {
             fuse_reply_err(req, -rc);

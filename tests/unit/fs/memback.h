@@ -42,6 +42,7 @@ struct mb_job {
     size_t no;
     fs_txn_done_cb cb;
     void *arg;
+    int remote; /* notified as a change from elsewhere (local = 0) */
 };
 
 struct memback {
@@ -254,7 +255,7 @@ static inline void mb_notify(struct memback *mb, struct mb_change *ch, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (mb->fs) {
             struct fs_change c = {ch[i].type, ch[i].key, ch[i].kl, rev, ch[i].created,
-                                  local};
+                                  local, i + 1 < n};
             fs_notify_change(mb->fs, &c);
         }
         free(ch[i].key);
@@ -312,7 +313,7 @@ static inline void mb_apply(struct memback *mb, struct mb_job *j) {
     res.succeeded = ok;
     res.revision = mb->rev;
     pthread_mutex_unlock(&mb->lock);
-    mb_notify(mb, ch, nch, res.revision, 1);
+    mb_notify(mb, ch, nch, res.revision, !j->remote);
     free(ch);
     atomic_fetch_add(&mb->applied, 1);
     j->cb(j->arg, 0, &res);
@@ -363,10 +364,9 @@ static inline void *mb_main(void *arg) {
     return NULL;
 }
 
-static inline int mb_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb cb, void *arg) {
-    struct memback *mb = data;
+static inline struct mb_job *mb_job_new(const struct fs_txn *txn) {
     struct mb_job *j = calloc(1, sizeof *j);
-    if (j == NULL) return -ENOMEM;
+    if (j == NULL) return NULL;
     j->cmps = calloc(txn->n_cmps + 1, sizeof *j->cmps);
     j->ops = calloc(txn->n_ops + 1, sizeof *j->ops);
     j->nc = txn->n_cmps;
@@ -384,6 +384,13 @@ static inline int mb_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb
             j->ops[i].range_end = mb_dup(txn->ops[i].range_end, txn->ops[i].range_end_len);
         j->ops[i].value = mb_dup(txn->ops[i].value, txn->ops[i].value_len);
     }
+    return j;
+}
+
+static inline int mb_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb cb, void *arg) {
+    struct memback *mb = data;
+    struct mb_job *j = mb_job_new(txn);
+    if (j == NULL) return -ENOMEM;
     j->cb = cb;
     j->arg = arg;
     atomic_fetch_add(&mb->submits, 1);
@@ -495,6 +502,23 @@ static inline void mb_bulk(struct memback *mb, char **keys, size_t n, const char
     }
     qsort(mb->e, mb->n, sizeof *mb->e, mb_entry_order);
     pthread_mutex_unlock(&mb->lock);
+}
+
+static inline void mb_ignore_done(void *arg, int err, const struct fs_txn_result *res) {
+    (void)arg;
+    (void)err;
+    (void)res;
+}
+
+/* A transaction from elsewhere: applied at once on the calling thread, its
+ * changes notified with local = 0 (one revision, linked by more). */
+static inline void mb_remote_txn(struct memback *mb, const struct fs_txn *txn) {
+    struct mb_job *j = mb_job_new(txn);
+    if (j == NULL) abort();
+    j->cb = mb_ignore_done;
+    j->remote = 1;
+    mb_apply(mb, j);
+    mb_job_free(j);
 }
 
 #endif /* QUORUMFS_TESTS_FS_MEMBACK_H */
