@@ -170,27 +170,6 @@ static void table_reload(struct etcd *e) {
 
 /* --------------------------------------------------------------- apply */
 
-/* The lease a LEASE_REVOKE or LEASE_CHECKPOINT result is about. The store's
- * result names the lease only for a grant, so the entry is read back from
- * the Raft log (it is still there: the log is compacted after apply). */
-static int request_of(struct etcd *e, const struct store_result *res, struct store_request *req) {
-    struct raft_storage *rs = store_raft_storage(node__store_acquire(e->node));
-    struct raft_entry *ents = NULL;
-    size_t n = 0;
-    int rc = rs->entries(rs->data, res->raft_index, res->raft_index + 1, UINT64_MAX, &ents, &n);
-    node__store_release(e->node);
-    if (rc) return rc;
-    rc = n == 1 ? store_request_decode(ents[0].data.base, ents[0].data.len, req) : STORE_EMALFORMED;
-    if (rc == 0 && req->id != res->request_id) rc = STORE_EMALFORMED;
-    if (rc) store_request_release(req);
-    /* The decoded request borrows nothing we keep: copy the numbers out
-     * before freeing the entry. */
-    for (size_t i = 0; i < n; i++)
-        free((void *)(uintptr_t)ents[i].data.base);
-    free(ents);
-    return rc;
-}
-
 void etcd__lease_on_apply(struct etcd *e, const struct store_result *res) {
     struct etcd_lease_table *t = e->leases;
     if (!t || res->err) return;
@@ -199,26 +178,14 @@ void etcd__lease_on_apply(struct etcd *e, const struct store_result *res) {
         table_set(t, res->lease_id, res->lease_ttl, deadline_after(e, res->lease_ttl));
         break;
     case STORE_REQ_LEASE_REVOKE:
-    case STORE_REQ_LEASE_CHECKPOINT: {
-        struct store_request req;
-        if (request_of(e, res, &req) != 0) {
-            /* Cannot tell which lease: the leader rereads all of them, so
-             * no lease expires on a stale deadline. */
-            if (t->leading) table_reload(e);
-            break;
-        }
-        if (req.type == STORE_REQ_LEASE_REVOKE) {
-            table_del(t, req.u.lease_revoke.id);
-        } else if (req.type == STORE_REQ_LEASE_CHECKPOINT) {
-            struct store_lease l;
-            int rc = store_lease_get(node__store_acquire(e->node), req.u.lease_checkpoint.id, &l);
-            node__store_release(e->node);
-            if (rc == 0)
-                table_set(t, l.id, l.ttl, deadline_after(e, req.u.lease_checkpoint.remaining_ttl));
-        }
-        store_request_release(&req);
+        table_del(t, res->lease_id);
         break;
-    }
+    case STORE_REQ_LEASE_CHECKPOINT:
+        /* lease_id is 0 for a checkpoint of an unknown lease (ignored). */
+        if (res->lease_id != 0)
+            table_set(t, res->lease_id, res->lease_ttl,
+                      deadline_after(e, res->lease_remaining_ttl));
+        break;
     default: break;
     }
 }

@@ -1185,7 +1185,8 @@ static int apply_lease_grant(struct apply *a, int64_t id, int64_t ttl, struct st
     return 0;
 }
 
-static int apply_lease_checkpoint(struct apply *a, int64_t id, int64_t remaining) {
+static int apply_lease_checkpoint(struct apply *a, int64_t id, int64_t remaining,
+                                  struct store_result *res) {
     uint8_t k[8];
     store__put_u64be(k, (uint64_t)id);
     int rc = a->s->be->ops->get(a->s->be, NULL, STORE__CF_LEASE, k, 8, &a->tmp);
@@ -1193,13 +1194,20 @@ static int apply_lease_checkpoint(struct apply *a, int64_t id, int64_t remaining
     if (rc != 0) return rc;
     if (a->tmp.len != 16) return STORE_ECORRUPT;
     store__put_u64le(a->tmp.p + 8, (uint64_t)remaining);
-    return a->s->be->ops->batch_put(a->w, STORE__CF_LEASE, k, 8, a->tmp.p, 16);
+    rc = a->s->be->ops->batch_put(a->w, STORE__CF_LEASE, k, 8, a->tmp.p, 16);
+    if (rc != 0) return rc;
+    res->lease_id = id;
+    res->lease_ttl = (int64_t)store__get_u64le(a->tmp.p);
+    res->lease_remaining_ttl = remaining;
+    return 0;
 }
 
-static int apply_lease_revoke(struct apply *a, int64_t id) {
+static int apply_lease_revoke(struct apply *a, int64_t id, struct store_result *res) {
     const struct store__backend_ops *ops = a->s->be->ops;
     int err = 0;
     if (!lease_exists(a, id, &err)) return err != 0 ? err : STORE_ELEASENOTFOUND;
+    if (a->tmp.len != 16) return STORE_ECORRUPT;
+    int64_t ttl = (int64_t)store__get_u64le(a->tmp.p);
     uint8_t k[8];
     store__put_u64be(k, (uint64_t)id);
     struct store__iter *it = NULL;
@@ -1231,6 +1239,8 @@ static int apply_lease_revoke(struct apply *a, int64_t id) {
     if (rc != 0) return rc;
     STORE_ASSERT(a->st.n_leases > 0);
     a->st.n_leases--;
+    res->lease_id = id;
+    res->lease_ttl = ttl;
     return 0;
 }
 
@@ -1392,11 +1402,11 @@ int store__apply_request(struct store *s, uint64_t index, const void *req, size_
             req_err = apply_lease_grant(&a, r.u.lease_grant.id, r.u.lease_grant.ttl, res);
             break;
         case STORE_REQ_LEASE_REVOKE:
-            req_err = apply_lease_revoke(&a, r.u.lease_revoke.id);
+            req_err = apply_lease_revoke(&a, r.u.lease_revoke.id, res);
             break;
         case STORE_REQ_LEASE_CHECKPOINT:
             req_err = apply_lease_checkpoint(&a, r.u.lease_checkpoint.id,
-                                             r.u.lease_checkpoint.remaining_ttl);
+                                             r.u.lease_checkpoint.remaining_ttl, res);
             break;
         default:
             req_err = STORE_EMALFORMED;
@@ -1410,7 +1420,7 @@ int store__apply_request(struct store *s, uint64_t index, const void *req, size_
         /* Rejected: nothing of the request is written, only the index. */
         if ((rc = apply_reset(&a)) != 0) goto fail;
         memset(&res->txn, 0, sizeof(res->txn));
-        res->lease_id = res->lease_ttl = 0;
+        res->lease_id = res->lease_ttl = res->lease_remaining_ttl = 0;
         res->err = req_err;
     }
     if (a.changed) a.st.rev = a.begin_rev + 1;

@@ -174,14 +174,35 @@ int store_raft_bootstrap(struct store *s, const struct raft_conf_state *cs) {
     if (s->last_index != 0 || s->log_start_index != 0 || s->hs.term != 0 || s->st.applied != 0 ||
         s->st.conf.n_voters != 0)
         return STORE_EEXIST;
+    /* The configuration is a snapshot at index STORE_BOOTSTRAP_INDEX, term
+     * STORE_BOOTSTRAP_TERM, applied and committed: the log starts after it.
+     * A member that joins later (--initial-cluster-state existing) starts
+     * empty; the leader cannot send it the entries from index 1 on (they
+     * are "compacted"), so it sends a snapshot, which carries the
+     * configuration the joiner's Raft needs to apply later changes (etcd
+     * gets the same from its bootstrap ConfChange entries at term 1). */
+    const struct store__backend_ops *ops = s->be->ops;
     struct store__batch *w = NULL;
-    int rc = s->be->ops->batch_new(s->be, &w);
+    int rc = ops->batch_new(s->be, &w);
     if (rc != 0) return rc;
+    uint64_t start[2] = {STORE_BOOTSTRAP_INDEX, STORE_BOOTSTRAP_TERM};
+    uint64_t last = STORE_BOOTSTRAP_INDEX;
+    struct raft_hard_state hs = {.term = STORE_BOOTSTRAP_TERM, .vote = 0,
+                                 .commit = STORE_BOOTSTRAP_INDEX};
+    rc = put_u64s(s, w, RAFT_KEY_START, start, 2);
+    if (rc == 0) rc = put_u64s(s, w, RAFT_KEY_LAST, &last, 1);
+    if (rc == 0) rc = put_hard_state(s, w, &hs);
     struct store__state st = s->st;
     st.conf = *cs;
-    rc = store__commit_state(s, w, &st, true);
-    s->be->ops->batch_free(w);
-    return rc;
+    st.applied = STORE_BOOTSTRAP_INDEX;
+    if (rc == 0) rc = store__commit_state(s, w, &st, true);
+    ops->batch_free(w);
+    if (rc != 0) return rc;
+    s->log_start_index = STORE_BOOTSTRAP_INDEX;
+    s->log_start_term = STORE_BOOTSTRAP_TERM;
+    s->last_index = STORE_BOOTSTRAP_INDEX;
+    s->hs = hs;
+    return 0;
 }
 
 int store_raft_install_snapshot(struct store *s, const struct raft_snapshot_meta *meta,

@@ -403,7 +403,12 @@ struct store_result {
     int err;
     int64_t revision; /* store revision after the apply (etcd's header revision) */
     struct store_txn_result txn;  /* STORE_REQ_TXN */
-    int64_t lease_id, lease_ttl;  /* STORE_REQ_LEASE_GRANT */
+    /* The lease a LEASE_GRANT, LEASE_REVOKE or LEASE_CHECKPOINT applied to
+     * and its granted TTL (seconds); for a checkpoint also the remaining
+     * TTL it recorded. All 0 when the request failed, and for a checkpoint
+     * of an unknown lease (ignored, as etcd does). */
+    int64_t lease_id, lease_ttl;
+    int64_t lease_remaining_ttl; /* STORE_REQ_LEASE_CHECKPOINT */
     /* The changes this apply made, in order (kv and prev_kv always filled
      * where a previous version existed): for watch fan-out and cache
      * invalidation. */
@@ -548,9 +553,15 @@ int store_raft_save(struct store *s, const struct raft_hard_state *hs,
 /* Discards entries up to and including index, which must be <= the applied
  * index; first_index becomes index + 1. Synced. */
 int store_raft_compact(struct store *s, uint64_t index);
-/* A fresh cluster: records cs as the configuration (at index 0) of a store
- * with an empty log. STORE_EEXIST if the store has a log, hard state or
- * applied entries. */
+/* A fresh cluster: records cs as the configuration of a store with an
+ * empty log, as a snapshot at index STORE_BOOTSTRAP_INDEX and term
+ * STORE_BOOTSTRAP_TERM (applied, committed; hard state term 1, no vote;
+ * the log starts after it). Every member of a new cluster bootstraps the
+ * same, so their logs agree; a member added later starts empty and gets
+ * the configuration with a snapshot from the leader. STORE_EEXIST if the
+ * store has a log, hard state or applied entries. */
+#define STORE_BOOTSTRAP_INDEX 1u
+#define STORE_BOOTSTRAP_TERM 1u
 int store_raft_bootstrap(struct store *s, const struct raft_conf_state *cs);
 /*
  * After the driver opened a store restored from a leader's checkpoint:

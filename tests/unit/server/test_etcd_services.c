@@ -256,6 +256,7 @@ static int fixture_start(struct fixture *f, int prefill) {
     if (store_open(&opt, &n->store, err, sizeof err) != 0) return -1;
     struct raft_conf_state cs = {.n_voters = 1, .voters = {FAKE_MEMBER_ID}};
     if (store_raft_bootstrap(n->store, &cs) != 0) return -1;
+    n->index = store_applied_index(n->store); /* the log starts after the bootstrap */
     for (int i = 0; i < prefill; i++) {
         char key[32], val[32];
         snprintf(key, sizeof key, "p/%05d", i);

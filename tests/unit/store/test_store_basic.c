@@ -764,6 +764,80 @@ BOTH(leases) {
 
 /* ---------------------------------------------------------------- events */
 
+/* Every lease request's result names its lease (and the TTLs), so the
+ * lease service needs nothing but the result. */
+static int lease_res(struct t_store *t, int type, int64_t id, int64_t ttl,
+                     struct store_result **res) {
+    struct store_request r = {0};
+    r.type = (uint8_t)type;
+    if (type == STORE_REQ_LEASE_GRANT) {
+        r.u.lease_grant.id = id;
+        r.u.lease_grant.ttl = ttl;
+    } else if (type == STORE_REQ_LEASE_REVOKE) {
+        r.u.lease_revoke.id = id;
+    } else {
+        r.u.lease_checkpoint.id = id;
+        r.u.lease_checkpoint.remaining_ttl = ttl;
+    }
+    return t_apply(t, &r, res);
+}
+
+BOTH(lease_results_name_the_lease) {
+    struct t_store t;
+    ASSERT_EQ(t_store_open(&t, rocks, 0), 0);
+    struct store_result *res;
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_GRANT, 0x1234567890abcdefll, 30, &res), 0);
+    ASSERT_EQ(res->err, 0);
+    ASSERT_EQ(res->type, STORE_REQ_LEASE_GRANT);
+    ASSERT_EQ(res->lease_id, 0x1234567890abcdefll);
+    ASSERT_EQ(res->lease_ttl, 30);
+    store_result_free(res);
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_GRANT, 77, 60, &res), 0);
+    store_result_free(res);
+
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_CHECKPOINT, 77, 12, &res), 0);
+    ASSERT_EQ(res->err, 0);
+    ASSERT_EQ(res->type, STORE_REQ_LEASE_CHECKPOINT);
+    ASSERT_EQ(res->lease_id, 77);
+    ASSERT_EQ(res->lease_ttl, 60); /* the granted TTL, not the remaining one */
+    ASSERT_EQ(res->lease_remaining_ttl, 12);
+    store_result_free(res);
+    /* A checkpoint of an unknown lease is ignored: no lease named. */
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_CHECKPOINT, 78, 5, &res), 0);
+    ASSERT_EQ(res->err, 0);
+    ASSERT_EQ(res->lease_id, 0);
+    ASSERT_EQ(res->lease_ttl, 0);
+    ASSERT_EQ(res->lease_remaining_ttl, 0);
+    store_result_free(res);
+
+    /* Revoking, with and without attached keys. */
+    struct store_op p = t_op_put("lr/1", "x");
+    p.u.put.lease = 77;
+    int err;
+    ASSERT_EQ(t_do(&t, p, &err, NULL), 0);
+    ASSERT_EQ(err, 0);
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_REVOKE, 77, 0, &res), 0);
+    ASSERT_EQ(res->err, 0);
+    ASSERT_EQ(res->type, STORE_REQ_LEASE_REVOKE);
+    ASSERT_EQ(res->lease_id, 77);
+    ASSERT_EQ(res->lease_ttl, 60);
+    ASSERT_EQ(res->n_events, 1);
+    store_result_free(res);
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_REVOKE, 0x1234567890abcdefll, 0, &res), 0);
+    ASSERT_EQ(res->err, 0);
+    ASSERT_EQ(res->lease_id, 0x1234567890abcdefll);
+    ASSERT_EQ(res->lease_ttl, 30);
+    ASSERT_EQ(res->n_events, 0);
+    store_result_free(res);
+    /* A failed revoke names nothing. */
+    ASSERT_EQ(lease_res(&t, STORE_REQ_LEASE_REVOKE, 77, 0, &res), 0);
+    ASSERT_EQ(res->err, STORE_ELEASENOTFOUND);
+    ASSERT_EQ(res->lease_id, 0);
+    ASSERT_EQ(res->lease_ttl, 0);
+    store_result_free(res);
+    t_store_close(&t);
+}
+
 BOTH(events) {
     struct t_store t;
     ASSERT_EQ(t_store_open(&t, rocks, 0), 0);

@@ -575,12 +575,19 @@ static void m_apply(struct model *m, const struct store_request *q, struct store
             const struct mver *v = m_at(m, k, m->rev + 1);
             if (v && v->kv.lease == l->id) m_delete_key(&x, k, NULL);
         }
+        res->lease_id = l->id;
+        res->lease_ttl = l->ttl;
         *l = m->leases[--m->n_leases];
         break;
     }
     case STORE_REQ_LEASE_CHECKPOINT: {
         struct mlease *l = m_lease(m, q->u.lease_checkpoint.id);
-        if (l) l->remaining = q->u.lease_checkpoint.remaining_ttl;
+        if (l) {
+            l->remaining = q->u.lease_checkpoint.remaining_ttl;
+            res->lease_id = l->id;
+            res->lease_ttl = l->ttl;
+            res->lease_remaining_ttl = l->remaining;
+        }
         break;
     }
     default:
@@ -680,6 +687,7 @@ static bool result_eq(const struct store_result *a, const struct store_result *b
     CHECK(a->request_id == b->request_id);
     CHECK(a->revision == b->revision);
     CHECK(a->lease_id == b->lease_id && a->lease_ttl == b->lease_ttl);
+    CHECK(a->lease_remaining_ttl == b->lease_remaining_ttl);
     if (!txn_eq(&a->txn, &b->txn)) return false;
     CHECK(a->n_events == b->n_events);
     for (size_t i = 0; i < a->n_events; i++)

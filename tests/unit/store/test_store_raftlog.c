@@ -87,8 +87,30 @@ BOTH(fresh_store) {
     ASSERT_U64_EQ(cs.voters[2], 3);
     struct raft_snapshot snap;
     ASSERT_EQ(rs->snapshot(rs->data, &snap), 0);
-    ASSERT_U64_EQ(snap.meta.index, 0);
+    ASSERT_U64_EQ(snap.meta.index, STORE_BOOTSTRAP_INDEX);
+    ASSERT_U64_EQ(snap.meta.term, STORE_BOOTSTRAP_TERM);
     ASSERT_EQ(snap.meta.conf.n_voters, 3);
+    /* The configuration is a snapshot the log starts after: a member that
+     * joins with an empty log needs entry 1, which the leader no longer
+     * has, so it gets a snapshot carrying the configuration. */
+    ASSERT_U64_EQ(hs.term, STORE_BOOTSTRAP_TERM);
+    ASSERT_U64_EQ(hs.vote, 0);
+    ASSERT_U64_EQ(hs.commit, STORE_BOOTSTRAP_INDEX);
+    ASSERT_U64_EQ(store_applied_index(t.s), STORE_BOOTSTRAP_INDEX);
+    ASSERT_U64_EQ(first_i(rs), STORE_BOOTSTRAP_INDEX + 1);
+    ASSERT_U64_EQ(last_i(rs), STORE_BOOTSTRAP_INDEX);
+    ASSERT_U64_EQ(term_of(rs, STORE_BOOTSTRAP_INDEX, &rc), STORE_BOOTSTRAP_TERM);
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ((term_of(rs, 0, &rc), rc), RAFT_ECOMPACTED);
+    ASSERT_EQ(rs->entries(rs->data, 1, 2, 100, &e, &n), RAFT_ECOMPACTED);
+    /* The first leader's entry follows it. */
+    struct raft_entry first[1];
+    char fdata[1][16];
+    make_ents(first, fdata, STORE_BOOTSTRAP_INDEX, STORE_BOOTSTRAP_INDEX, 1);
+    ASSERT_EQ(store_raft_save(t.s, NULL, first, 1, true), STORE_EINVAL);
+    make_ents(first, fdata, STORE_BOOTSTRAP_INDEX + 1, STORE_BOOTSTRAP_INDEX + 1, 2);
+    ASSERT_EQ(store_raft_save(t.s, NULL, first, 1, true), 0);
+    ASSERT_U64_EQ(last_i(rs), STORE_BOOTSTRAP_INDEX + 1);
     t_store_close(&t);
 }
 
