@@ -561,6 +561,18 @@ int fs__submit(struct fs *fs, struct op *op, const struct fs_txn *txn) {
     return fs->be.submit(fs->be.data, txn, fs__op_done, op);
 }
 
+static void barrier_done(void *arg, int err) { fs__op_done(arg, err, NULL); }
+
+int fs__barrier(struct fs *fs, struct op *op) {
+    if (!op->counted) {
+        pthread_mutex_lock(&fs->flight_lock);
+        fs->in_flight++;
+        pthread_mutex_unlock(&fs->flight_lock);
+        op->counted = 1;
+    }
+    return fs->be.read_barrier(fs->be.data, barrier_done, op);
+}
+
 void fs__handle_add(struct fs *fs, struct hnode *h, int is_dir) {
     h->fs = fs;
     h->is_dir = is_dir;
@@ -776,6 +788,7 @@ int fs_new(const struct fs_options *opt, const struct fs_backend *be, struct fs 
     if (pl > FS_PREFIX_BYTES_MAX) return FS_EOPTION;
     if (opt->value_bytes_max == 0 || opt->txn_ops_max < 4 || opt->threads_max == 0)
         return FS_EOPTION;
+    if (opt->linearizable_open && be->read_barrier == NULL) return FS_EOPTION;
     struct fs *fs = calloc(1, sizeof *fs);
     if (fs == NULL) return -ENOMEM;
     fs->opt = *opt;

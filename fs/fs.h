@@ -204,6 +204,14 @@ struct fs_backend {
     /* Optional (may be NULL): bytes the store uses and its quota (0 = none),
      * shown by statfs(2). */
     int (*usage)(void *data, uint64_t *bytes_used, uint64_t *bytes_quota);
+
+    /* Optional (needed for fs_options.linearizable_open): a linearizable
+     * read point (etcd's ReadIndex). Returns 0 when accepted, then calls
+     * cb(arg, 0) on a backend thread once this node applied everything
+     * committed when it was asked, or cb(arg, -errno) (-ETIMEDOUT,
+     * -ECANCELED); or returns a negative errno and never calls cb. Callable
+     * from any thread; must not wait. */
+    int (*read_barrier)(void *data, void (*cb)(void *arg, int err), void *arg);
 };
 
 /* ------------------------------------------------------------------------ */
@@ -241,6 +249,9 @@ struct fs_options {
     const char *fsname;      /* shown in /proc/mounts; default "quorumfs" */
     int replay;              /* replay non-local changes through the mountpoint
                                 so the kernel emits inotify events; default 1 */
+    int linearizable_open;   /* open(2) of a file waits for be.read_barrier, so
+                                it reads every write committed before it on
+                                any node; default 0 (the local applied state) */
 };
 
 /* Fills opt with the defaults above (mountpoint NULL). */

@@ -119,6 +119,7 @@ enum op_kind {
     OP_FLUSH,
     OP_FSYNC,
     OP_RELEASE,
+    OP_OPEN, /* linearizable_open: waits for the read barrier */
 };
 
 /* A name resolved in a directory: what it denotes in the key space. */
@@ -283,6 +284,9 @@ int fs__would_empty(struct fs *fs, const char *d, size_t dl, const char *raw, si
 /* Submits txn for op (in_flight + 1); on failure returns -errno and the
  * caller replies. done_cb of op goes to fs__op_done. */
 int fs__submit(struct fs *fs, struct op *op, const struct fs_txn *txn);
+/* Asks the backend for a read barrier for op (in_flight + 1); its answer
+ * goes to fs__op_done. 0 or -errno (the caller replies). */
+int fs__barrier(struct fs *fs, struct op *op);
 /* Queues op for the completion thread (fs__op_again in ops.c). */
 void fs__work_push(struct fs *fs, struct op *op);
 /* Called once an op's reply was sent: frees it, in_flight - 1. */

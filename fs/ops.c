@@ -1275,6 +1275,8 @@ static void setattr_done(struct op *op) {
 
 /* ---- open files ---- */
 
+static void open_body(fuse_req_t req, struct inode *in, struct fuse_file_info *fi);
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
     struct fs *fs = fs_of(req);
     struct inode *in = fs__ino(fs, ino);
@@ -1282,6 +1284,26 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         fuse_reply_err(req, EISDIR);
         return;
     }
+    if (fs->opt.linearizable_open && !fs__is_replay(fs, req)) {
+        /* a read point: the completion thread opens once the barrier is
+         * passed (fs__op_again), no worker waits for it */
+        struct op *op = op_new(fs, req, OP_OPEN);
+        if (op == NULL) {
+            fuse_reply_err(req, ENOMEM);
+            return;
+        }
+        op->ino = in;
+        op->fi = *fi;
+        int rc = fs__barrier(fs, op);
+        if (rc < 0) op_fail(op, rc);
+        return;
+    }
+    open_body(req, in, fi);
+}
+
+/* Opens the file of inode in from the store's current state and replies. */
+static void open_body(fuse_req_t req, struct inode *in, struct fuse_file_info *fi) {
+    struct fs *fs = fs_of(req);
     size_t kl;
     char *k = fs__ino_key(fs, in, &kl);
     if (k == NULL) {
@@ -1891,6 +1913,9 @@ void fs__op_done(void *arg, int err, const struct fs_txn_result *res) {
         else
             fs__work_push(op->fs, op);
         return;
+    case OP_OPEN: /* the barrier is passed: read on the completion thread */
+        fs__work_push(op->fs, op);
+        return;
     case OP_FLUSH:
     case OP_FSYNC:
     case OP_RELEASE:
@@ -1917,6 +1942,10 @@ void fs__op_again(struct op *op) {
         return;
     case OP_SETATTR:
         setattr_start(op);
+        return;
+    case OP_OPEN:
+        open_body(op->req, op->ino, &op->fi);
+        fs__op_finish(op);
         return;
     default:
         FS_ASSERT(!"op kind has no second round");

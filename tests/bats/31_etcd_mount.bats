@@ -131,7 +131,6 @@ same_xattrs_everywhere() {
 }
 
 @test "inotifywait on node 2 sees CREATE, MODIFY, CLOSE_WRITE and DELETE for etcdctl put, del, del --prefix and lease expiry on node 1" {
-  skip "remote changes are not yet replayed through the mount as inotify events (the replay thread of ARCHITECTURE.md is not built)"
   cluster_start 3
   mkdir "$(mnt 1)/app"
   wait_until 10 test -d "$(mnt 2)/app"

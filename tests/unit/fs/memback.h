@@ -43,6 +43,7 @@ struct mb_job {
     fs_txn_done_cb cb;
     void *arg;
     int remote; /* notified as a change from elsewhere (local = 0) */
+    void (*barrier_cb)(void *arg, int err); /* a read barrier, not a txn */
 };
 
 struct memback {
@@ -57,7 +58,7 @@ struct memback {
     struct fs *fs; /* notified of changes once set */
     int fail_err, fail_count; /* lock */
     size_t value_max;         /* 0: no limit */
-    atomic_long submits, applied;
+    atomic_long submits, applied, barriers;
 };
 
 static inline char *mb_dup(const void *p, size_t n) {
@@ -353,6 +354,13 @@ static inline void *mb_main(void *arg) {
                 j->ops[i].value_len > mb->value_max)
                 err = -EFBIG;
         pthread_mutex_unlock(&mb->lock);
+        if (j->barrier_cb) {
+            atomic_fetch_add(&mb->barriers, 1);
+            j->barrier_cb(j->arg, err);
+            free(j);
+            pthread_mutex_lock(&mb->lock);
+            continue;
+        }
         if (err)
             j->cb(j->arg, err, NULL);
         else
@@ -405,6 +413,25 @@ static inline int mb_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb
     return 0;
 }
 
+/* A read barrier: answered by the backend thread after every job queued
+ * before it (with the injected error, if any). */
+static inline int mb_read_barrier(void *data, void (*cb)(void *arg, int err), void *arg) {
+    struct memback *mb = data;
+    struct mb_job *j = calloc(1, sizeof *j);
+    if (j == NULL) return -ENOMEM;
+    j->barrier_cb = cb;
+    j->arg = arg;
+    pthread_mutex_lock(&mb->lock);
+    if (mb->tail)
+        mb->tail->next = j;
+    else
+        mb->head = j;
+    mb->tail = j;
+    pthread_cond_signal(&mb->cond);
+    pthread_mutex_unlock(&mb->lock);
+    return 0;
+}
+
 static inline struct memback *mb_new(void) {
     struct memback *mb = calloc(1, sizeof *mb);
     if (mb == NULL) abort();
@@ -429,7 +456,8 @@ static inline void mb_free(struct memback *mb) {
 }
 
 static inline struct fs_backend mb_backend(struct memback *mb) {
-    struct fs_backend be = {mb, mb_get, mb_range, mb_revision, mb_submit, mb_usage};
+    struct fs_backend be = {mb,        mb_get,   mb_range,       mb_revision,
+                            mb_submit, mb_usage, mb_read_barrier};
     return be;
 }
 

@@ -1197,3 +1197,28 @@ MOUNT_TEST(replay_implicit_directories, NULL) {
     ASSERT(strstr(got, "DELETE,ISDIR app\n") != NULL);
     close(ifd);
 }
+
+static void lin_open(struct fs_options *o) { o->linearizable_open = 1; }
+
+/* linearizable_open: every open(2) of a file passes a read barrier first;
+ * a barrier that fails (no quorum in time) fails the open. */
+MOUNT_TEST(linearizable_open_waits_for_barrier, lin_open) {
+    mb_puts(m->mb, "/k", "v1");
+    long before = atomic_load(&m->mb->barriers);
+    ASSERT_FILE(P(m, "k"), "v1");
+    ASSERT(atomic_load(&m->mb->barriers) > before);
+    ASSERT_EQ(write_str(P(m, "k"), "v2"), 0);
+    ASSERT_KV(m, "/k", "v2");
+    pthread_mutex_lock(&m->mb->lock);
+    m->mb->fail_err = -ETIMEDOUT;
+    m->mb->fail_count = 1;
+    pthread_mutex_unlock(&m->mb->lock);
+    ASSERT_EQ(open(P(m, "k"), O_RDONLY), -1);
+    ASSERT_EQ(errno, ETIMEDOUT);
+    ASSERT_FILE(P(m, "k"), "v2");
+    /* stat is not a read point: no barrier */
+    before = atomic_load(&m->mb->barriers);
+    struct stat st;
+    ASSERT_EQ(stat(P(m, "k"), &st), 0);
+    ASSERT_EQ(atomic_load(&m->mb->barriers), before);
+}
