@@ -647,6 +647,35 @@ static void *work_main(void *arg) {
 
 /* ---- invalidation ---- */
 
+static void inval_push(struct fs *fs, struct queue_item *it) {
+    pthread_mutex_lock(&fs->q_lock);
+    if (fs->inval_len >= FS_INVAL_QUEUE_MAX || fs->q_stop) {
+        fs->inval_dropped++;
+        pthread_mutex_unlock(&fs->q_lock);
+        free(it);
+        return;
+    }
+    if (fs->inval_tail)
+        fs->inval_tail->next = it;
+    else
+        fs->inval_head = it;
+    fs->inval_tail = it;
+    fs->inval_len++;
+    pthread_cond_signal(&fs->q_cond);
+    pthread_mutex_unlock(&fs->q_lock);
+}
+
+int fs_notify_reset(struct fs *fs) {
+    FS_ASSERT(fs != NULL);
+    if (atomic_load(&fs->state) != FS__RUNNING) return 0;
+    struct queue_item *it = calloc(1, sizeof *it + 1);
+    if (it == NULL) return -ENOMEM;
+    it->type = (enum fs_change_type)FS__CHANGE_RESET;
+    it->local = 1; /* nothing to replay */
+    inval_push(fs, it);
+    return 0;
+}
+
 int fs_notify_change(struct fs *fs, const struct fs_change *c) {
     FS_ASSERT(fs != NULL);
     FS_ASSERT(c != NULL);
@@ -672,21 +701,7 @@ int fs_notify_change(struct fs *fs, const struct fs_change *c) {
     it->key_len = c->key_len;
     if (c->key_len) memcpy(it->key, c->key, c->key_len);
     it->key[c->key_len] = '\0';
-    pthread_mutex_lock(&fs->q_lock);
-    if (fs->inval_len >= FS_INVAL_QUEUE_MAX || fs->q_stop) {
-        fs->inval_dropped++;
-        pthread_mutex_unlock(&fs->q_lock);
-        free(it);
-        return 0;
-    }
-    if (fs->inval_tail)
-        fs->inval_tail->next = it;
-    else
-        fs->inval_head = it;
-    fs->inval_tail = it;
-    fs->inval_len++;
-    pthread_cond_signal(&fs->q_cond);
-    pthread_mutex_unlock(&fs->q_lock);
+    inval_push(fs, it);
     return 0;
 }
 
@@ -740,6 +755,42 @@ static void inval_key(struct fs *fs, struct fuse_session *se, const struct queue
     free(d);
 }
 
+/* fs_notify_reset: every inode the kernel holds, its data, attributes and
+ * the entry that names it. Keys are copied first (ino_lock is not held
+ * across kernel calls), then looked up again. */
+static void inval_all(struct fs *fs, struct fuse_session *se) {
+    struct queue_item *list = NULL;
+    pthread_mutex_lock(&fs->ino_lock);
+    for (struct inode *in = fs->all_inodes.all_next; in != &fs->all_inodes;
+         in = in->all_next) {
+        if (!in->linked) continue;
+        struct queue_item *it = malloc(sizeof *it + in->key_len + 1);
+        if (it == NULL) break;
+        memset(it, 0, sizeof *it);
+        it->type = in->is_dir ? FS_CHANGE_DELETE : FS_CHANGE_PUT; /* is_dir, below */
+        it->key_len = in->key_len;
+        memcpy(it->key, in->key, in->key_len);
+        it->key[in->key_len] = '\0';
+        it->next = list;
+        list = it;
+    }
+    pthread_mutex_unlock(&fs->ino_lock);
+    fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+    while (list) {
+        struct queue_item *it = list;
+        list = it->next;
+        int is_dir = it->type == FS_CHANGE_DELETE;
+        fuse_ino_t ino = fs__ino_peek(fs, is_dir, it->key, it->key_len);
+        if (ino) fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+        /* the entry naming it: its last component in its parent */
+        size_t end = is_dir ? it->key_len - 1 : it->key_len, p = end;
+        while (p > 0 && it->key[p - 1] != '/') p--;
+        if (p >= fs->prefix_len)
+            inval_name(fs, se, it->key, p, it->key + p, end - p, 0);
+        free(it);
+    }
+}
+
 static void *inval_main(void *arg) {
     struct fs *fs = arg;
     struct fuse_session *se = atomic_load(&fs->se);
@@ -753,7 +804,10 @@ static void *inval_main(void *arg) {
         if (fs->inval_head == NULL) fs->inval_tail = NULL;
         fs->inval_len--;
         pthread_mutex_unlock(&fs->q_lock);
-        inval_key(fs, se, it);
+        if (it->type == (enum fs_change_type)FS__CHANGE_RESET)
+            inval_all(fs, se);
+        else
+            inval_key(fs, se, it);
         if (!it->local && fs->replay_started)
             fs__replay_push(fs, it); /* after its invalidation */
         else

@@ -323,6 +323,13 @@ struct fs_change {
 #define FS_REPLAY_QUEUE_MAX 65536u
 int fs_notify_change(struct fs *fs, const struct fs_change *change);
 
+/* Tells fs that the whole key space may have changed at once (the node
+ * installed a snapshot): the invalidation thread drops the kernel's cached
+ * attributes, data and entries of every inode it holds; negative entries
+ * expire by entry_timeout_ms. The changes the snapshot covered are not
+ * replayed as inotify events. Same rules as fs_notify_change. */
+int fs_notify_reset(struct fs *fs);
+
 /* ------------------------------------------------------------------------ */
 /* Path <-> key mapping (pure functions, exposed for tools and tests).       */
 

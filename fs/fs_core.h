@@ -161,6 +161,7 @@ struct op {
     int64_t mtime_ns;  /* the metadata put */
 };
 
+#define FS__CHANGE_RESET 100 /* queue_item.type of fs_notify_reset */
 struct queue_item {
     struct queue_item *next;
     enum fs_change_type type;

@@ -1222,3 +1222,30 @@ MOUNT_TEST(linearizable_open_waits_for_barrier, lin_open) {
     ASSERT_EQ(stat(P(m, "k"), &st), 0);
     ASSERT_EQ(atomic_load(&m->mb->barriers), before);
 }
+
+/* fs_notify_reset (a snapshot replaced the store): cached data, attributes
+ * and entries of every held inode are dropped, though no change was told. */
+MOUNT_TEST(reset_drops_every_cache, long_cache) {
+    mb_puts(m->mb, "/a", "one");
+    mb_puts(m->mb, "/d/b", "two");
+    struct stat st;
+    ASSERT_EQ(stat(P(m, "a"), &st), 0);
+    ASSERT_EQ(stat(P(m, "d/b"), &st), 0);
+    struct fs *fs = m->mb->fs;
+    m->mb->fs = NULL; /* changes the mount is not told about */
+    mb_puts(m->mb, "/a", "one-changed");
+    mb_puts(m->mb, "/d/b", "2");
+    mb_del(m->mb, "/d/b");
+    mb_puts(m->mb, "/d/c", "three");
+    m->mb->fs = fs;
+    ASSERT_EQ(stat(P(m, "a"), &st), 0); /* attributes cached for 60 s */
+    ASSERT_EQ(st.st_size, 3);
+    ASSERT_EQ(fs_notify_reset(fs), 0);
+    int64_t deadline = now_ms() + EVENT_WAIT_MS;
+    while ((stat(P(m, "a"), &st) != 0 || st.st_size != 11) && now_ms() < deadline)
+        sleep_ms(10);
+    ASSERT_EQ(st.st_size, 11);
+    ASSERT(eventually_stat(P(m, "d/b"), 0));
+    ASSERT_FILE(P(m, "a"), "one-changed");
+    ASSERT_FILE(P(m, "d/c"), "three");
+}
