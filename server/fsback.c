@@ -258,6 +258,10 @@ out:
     return rc;
 }
 
+static int be_read_barrier(void *data, void (*cb)(void *arg, int err), void *arg) {
+    return node__read_barrier_async(data, cb, arg);
+}
+
 void node__fs_backend(struct node *n, struct fs_backend *be) {
     memset(be, 0, sizeof *be);
     be->data = n;
@@ -266,4 +270,5 @@ void node__fs_backend(struct node *n, struct fs_backend *be) {
     be->revision = be_revision;
     be->submit = be_submit;
     be->usage = be_usage;
+    be->read_barrier = be_read_barrier;
 }

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include <ftw.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -46,6 +48,8 @@
 /* Entries kept behind a log compaction so that a briefly lagging follower
  * catches up from the log rather than a snapshot (etcd keeps 5000). */
 #define COMPACT_CATCHUP_ENTRIES_MAX 5000u
+/* Request ids: the low 40 bits count, the bits above name the member. */
+#define REQUEST_SEQ_MASK ((UINT64_C(1) << 40) - 1)
 
 struct proposal {
     struct proposal *next;  /* queue link, then bucket link */
@@ -118,15 +122,19 @@ struct node {
     /* Submissions from other threads; protected by mu. */
     pthread_mutex_t mu;
     struct proposal *q_head, *q_tail;
+    struct barrier_req *bq_head, *bq_tail; /* node__read_barrier_async; mu */
     bool stopping; /* protected by mu: no new submissions */
     size_t n_outstanding; /* protected by mu: queued + pending */
 
     /* Loop thread only. */
     struct proposal *pending[PENDING_BUCKETS];
-    uint64_t next_id;  /* protected by mu */
+    uint64_t next_id;  /* protected by mu; see node__submit */
     uint64_t last_compact_index;
     uint64_t leader;
     bool fatal;        /* an apply or persist failed: stop */
+    /* Raft's configuration lists this member as a learner. Written by the
+     * loop thread (role_refresh), read by node__submit on any thread. */
+    atomic_bool learner;
 
     /* Membership as etcd shows it (names, URLs); loop thread. Raft's
      * configuration decides who votes; this table only describes members. */
@@ -222,8 +230,24 @@ static void proposal_finish(struct node *n, struct proposal *p, int err,
     pthread_mutex_unlock(&n->mu);
 }
 
+bool node__is_learner(struct node *n) { return atomic_load(&n->learner); }
+
+/* Keeps n->learner in step with Raft's configuration: called once Raft
+ * exists and after every update (conf changes apply, snapshots restore). */
+static void role_refresh(struct node *n) {
+    struct raft_status rs;
+    raft_status(n->raft, &rs);
+    bool learner = false;
+    for (uint32_t i = 0; i < rs.conf.n_learners; i++)
+        if (rs.conf.learners[i] == n->id) learner = true;
+    atomic_store(&n->learner, learner);
+}
+
 int node__submit(struct node *n, struct store_request *req, enum node_origin origin,
                  node_done_cb cb, void *arg) {
+    /* A learner only replicates: it proposes nothing (etcd refuses client
+     * writes on a learner), and the mount is read-only there. */
+    if (node__is_learner(n)) return -EROFS;
     struct proposal *p = calloc(1, sizeof *p);
     if (!p) return -ENOMEM;
     pthread_mutex_lock(&n->mu);
@@ -237,9 +261,17 @@ int node__submit(struct node *n, struct store_request *req, enum node_origin ori
         free(p);
         return -EAGAIN;
     }
-    /* Ids are unique per member: the member id's low bits above a counter,
-     * so a request applied from another node's proposal never matches ours. */
-    p->id = (n->id << 40) ^ ++n->next_id;
+    /* Ids are unique per member: the member id's low bits above a 40-bit
+     * counter, so a request applied from another node's proposal never
+     * matches ours. The counter starts at the wall clock in microseconds
+     * (server_run), not at 0: entries an earlier run of this member
+     * proposed may still be applied after a restart, and must not answer
+     * this run's requests that happen to reuse their ids. */
+    uint64_t seq;
+    do
+        seq = ++n->next_id & REQUEST_SEQ_MASK;
+    while (seq == 0);
+    p->id = (n->id << 40) ^ seq;
     n->n_outstanding++;
     pthread_mutex_unlock(&n->mu);
 
@@ -512,8 +544,7 @@ void node__status(struct node *n, struct node_status *st) {
     st->commit = rs.commit;
     st->applied = store_applied_index(n->store);
     st->cluster_id = n->cluster_id;
-    for (uint32_t i = 0; i < rs.conf.n_learners; i++)
-        if (rs.conf.learners[i] == n->id) st->learner = true;
+    st->learner = node__is_learner(n);
     st->n_members = n->n_members;
     for (size_t i = 0; i < n->n_members; i++) {
         st->members[i] = n->members[i];
@@ -717,6 +748,7 @@ static void notify_mount(struct node *n, const struct store_result *res, bool lo
             .revision = ev->kv.mod_revision,
             .created = ev->type == STORE_EVENT_PUT && ev->kv.version == 1,
             .local = local,
+            .more = i + 1 < res->n_events,
         };
         fs_notify_change(n->fs, &c);
     }
@@ -968,6 +1000,7 @@ static int install_snapshot(struct node *n, const struct raft_update *u) {
         rm_tree(old);
         n->last_compact_index = meta->index;
         logf_("installed snapshot at index %" PRIu64, meta->index);
+        if (n->fs && n->fs_started) fs_notify_reset(n->fs); /* every cached key */
     }
     return rc;
 }
@@ -1033,6 +1066,7 @@ static void process(struct node *n) {
         if (n->fatal) break;
         barriers_read_states(n, &u);
         raft_advance(n->raft, &u);
+        role_refresh(n);
         maybe_compact(n);
     }
     barriers_sweep(n, 0, 0);
@@ -1045,11 +1079,48 @@ static void check_cb(uv_check_t *h) {
     if (n->dirty) process(n);
 }
 
+/* A read barrier asked from another thread, waiting for the loop. */
+struct barrier_req {
+    struct barrier_req *next;
+    node_barrier_cb cb;
+    void *arg;
+};
+
+int node__read_barrier_async(struct node *n, node_barrier_cb cb, void *arg) {
+    struct barrier_req *b = calloc(1, sizeof *b);
+    if (!b) return -ENOMEM;
+    b->cb = cb;
+    b->arg = arg;
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        pthread_mutex_unlock(&n->mu);
+        free(b);
+        return -ECANCELED;
+    }
+    if (n->bq_tail)
+        n->bq_tail->next = b;
+    else
+        n->bq_head = b;
+    n->bq_tail = b;
+    pthread_mutex_unlock(&n->mu);
+    uv_async_send(&n->wake);
+    return 0;
+}
+
 static void drain_queue(struct node *n) {
     pthread_mutex_lock(&n->mu);
     struct proposal *p = n->q_head;
     n->q_head = n->q_tail = NULL;
+    struct barrier_req *b = n->bq_head;
+    n->bq_head = n->bq_tail = NULL;
     pthread_mutex_unlock(&n->mu);
+    while (b) {
+        struct barrier_req *next = b->next;
+        int rc = node__read_barrier(n, b->cb, b->arg);
+        if (rc) b->cb(b->arg, rc);
+        free(b);
+        b = next;
+    }
     uint64_t deadline = uv_now(&n->loop) + n->cfg->request_timeout_ms;
     while (p) {
         struct proposal *next = p->next;
@@ -1128,6 +1199,7 @@ static int start_mount(struct node *n) {
     fs_options_init(&opt);
     opt.mountpoint = cfg->mount;
     opt.prefix = cfg->mount_prefix;
+    opt.linearizable_open = cfg->mount_linearizable;
     opt.value_bytes_max = cfg->max_request_bytes;
     struct fs_backend be;
     node__fs_backend(n, &be);
@@ -1333,6 +1405,7 @@ static int start_raft(struct node *n) {
         logf_("cannot start Raft: %s", raft_strerror(rc));
         return -1;
     }
+    role_refresh(n);
     /* A single voter need not wait an election timeout to lead. */
     struct raft_status st;
     raft_status(n->raft, &st);
@@ -1357,6 +1430,13 @@ int server_run(const struct server_config *cfg) {
         if (strcmp(cfg->members[i].name, cfg->name) == 0) n->id = cfg->members[i].id;
     pthread_mutex_init(&n->mu, NULL);
     pthread_rwlock_init(&n->store_lock, NULL);
+    {
+        /* Distinct from every id an earlier run used (node__submit). */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        n->next_id = ((uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u) &
+                     REQUEST_SEQ_MASK;
+    }
     if (uv_loop_init(&n->loop) != 0) goto err_free;
 
     if (open_store(n)) goto err_loop;

@@ -18,10 +18,13 @@
 
 struct node;
 
-/* Called once per accepted submission, on the node loop thread, when the
- * request was applied on this node (err 0, res valid during the call) or
- * failed: a store error code, -ETIMEDOUT (no commit within the request
- * timeout), -ECANCELED (node stopping). */
+/* Called once per accepted submission, on the node loop thread:
+ * - the request was applied on this node: res is valid during the call and
+ *   err is res->err (0, or the store error code the apply rejected it with;
+ *   the entry is applied either way);
+ * - or it was not applied here: res is NULL and err is -ETIMEDOUT (no commit
+ *   within the request timeout; it may still commit later), -ECANCELED (node
+ *   stopping) or -EIO (Raft refused the proposal). */
 typedef void (*node_done_cb)(void *arg, int err, const struct store_result *res);
 
 enum node_origin {
@@ -33,10 +36,19 @@ enum node_origin {
  * Proposes req (its id field is assigned here) through Raft. Any thread.
  * Returns 0 (cb will be called exactly once, on the loop thread) or a
  * negative code without calling cb: a store error from store_request_check
- * (too large, no space, ...), -ECANCELED when stopping, -ENOMEM.
+ * (too large, no space, ...), -EROFS on a learner (it proposes nothing:
+ * client writes and mount writes are refused), -ECANCELED when stopping,
+ * -EAGAIN (too many requests in flight), -ENOMEM.
  */
 int node__submit(struct node *n, struct store_request *req, enum node_origin origin,
                  node_done_cb cb, void *arg);
+
+/* True while Raft's configuration lists this member as a learner (a member
+ * added with MemberAdd --learner learns it from the snapshot the leader
+ * sends it on joining; false again once promoted). Any thread. etcd serves
+ * only Status and serializable Range on a learner ("etcdserver: rpc not
+ * supported for learner"). */
+bool node__is_learner(struct node *n);
 
 /* The node's store, for readers on any thread: valid until
  * node__store_release (a received snapshot may replace it in between). */
@@ -87,6 +99,9 @@ void node__status(struct node *n, struct node_status *st);
  * request timeout; cb(arg, -ECANCELED) at shutdown. */
 typedef void (*node_barrier_cb)(void *arg, int err);
 int node__read_barrier(struct node *n, node_barrier_cb cb, void *arg);
+/* The same from any thread (the mount's): queued for the node loop.
+ * Returns 0 or -ENOMEM, -ECANCELED (stopping); cb runs on the loop. */
+int node__read_barrier_async(struct node *n, node_barrier_cb cb, void *arg);
 
 /*
  * Membership change (etcd MemberAdd/Remove/Promote/Update) through Raft:

@@ -138,7 +138,10 @@ node_start() {
   local i=$1 n=$2; shift 2
   local dir=$QFS_TMP/n$i
   mkdir -p "$dir/mnt"
-  in_ns "$QFS_BIN" --name "n$i" --data-dir "$dir/data" --mount "$dir/mnt" \
+  # nsenter itself (not the in_ns function, which would run in a forked
+  # subshell) so that $! is the server's own pid: qfs_kill must signal the
+  # server, not a subshell around it.
+  nsenter --net="/run/netns/$QFS_NS" "$QFS_BIN" --name "n$i" --data-dir "$dir/data" --mount "$dir/mnt" \
     --listen-client-urls "http://$(node_ip "$i"):2379" \
     --listen-peer-urls "http://$(node_ip "$i"):2380" \
     --initial-cluster "$(initial_cluster "$n")" \
@@ -181,6 +184,26 @@ cluster_has_leader() { cluster_leader "$1" >/dev/null; }
 cluster_logs() {
   local i
   for i in $(seq 1 "$1"); do echo "--- n$i" >&2; tail -30 "$QFS_TMP/n$i/log" >&2; done
+}
+
+# cluster_key_report N KEY: what every running member holds for KEY (a
+# serializable etcd read, so it works on any member), then every member's
+# full log. For failure messages; the logs are also copied to
+# $BATS_TEST_TMPDIR (kept with bats --no-tempdir-cleanup).
+cluster_key_report() {
+  local n=$1 key=$2 i
+  for i in $(seq 1 "$n"); do
+    echo "--- n$i holds $key:" >&2
+    in_ns timeout 10 etcdctl --endpoints "http://$(node_ip "$i"):2379" \
+      --command-timeout 5s get "$key" --consistency=s -w json >&2 2>&1 || true
+    echo >&2
+  done
+  for i in $(seq 1 "$n"); do
+    echo "--- n$i log" >&2
+    cat "$QFS_TMP/n$i/log" >&2
+    [ -n "${BATS_TEST_TMPDIR:-}" ] && cp "$QFS_TMP/n$i/log" "$BATS_TEST_TMPDIR/n$i.log"
+  done
+  return 0
 }
 
 # A full listing of a mount: path, value and revisions, one line per file.
