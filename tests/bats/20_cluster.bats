@@ -35,7 +35,6 @@ has_value() { [ "$(cat "$1/$2" 2>/dev/null)" = "$3" ]; }
 }
 
 @test "inotifywait on nodes 2 and 3 sees writes, deletes, renames, mkdir and rm -r made on node 1" {
-  skip "remote changes are not yet replayed through the mount (the replay thread of ARCHITECTURE.md is not built)"
   cluster_start 3
   mkdir "$(mnt 1)/app"
   wait_until 10 test -d "$(mnt 2)/app"
