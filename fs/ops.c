@@ -287,7 +287,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     if (kind == 0) { /* negative entry, cached; remote creates invalidate it */
         struct fuse_entry_param e;
         memset(&e, 0, sizeof e);
-        e.entry_timeout = secs(fs->opt.entry_timeout_ms);
+        /* not cached when the replay thread asked: the store may be past
+         * the change it replays, and the next replay must ask again */
+        e.entry_timeout = fs__is_replay(fs, req) ? 0 : secs(fs->opt.entry_timeout_ms);
         fuse_reply_entry(req, &e);
         goto out;
     }

@@ -14,9 +14,9 @@
  *     the same keys below it is the rename of that directory;
  *   - otherwise, in this order: mkdir(2) for each directory that appears
  *     (a prefix that held no key before), the puts and deletes in the
- *     transaction's order (a new key: open O_CREAT|O_TRUNC, write, close =
- *     IN_CREATE, IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE; a changed key: open
- *     O_TRUNC, write, close; a deleted key: unlink = IN_DELETE), then
+ *     transaction's order (a new key: open O_CREAT, write, close =
+ *     IN_CREATE, IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE; a changed key: open,
+ *     write, close; a deleted key: unlink = IN_DELETE), then
  *     rmdir(2) for each directory left without keys, deepest first.
  * A file created through a mount elsewhere takes two revisions (the create
  * puts an empty value, which makes O_EXCL atomic; close puts the content).
@@ -143,6 +143,7 @@ struct rdir { /* a directory prefix that one transaction touches */
     char *key;
     size_t kl; /* ends in '/' */
     int created, removed, held_before;
+    int made; /* created, and mkdir was replayed */
 };
 
 struct rp {
@@ -154,7 +155,8 @@ struct rp {
     size_t n;
     struct rdir *dirs;
     size_t nd;
-    struct fs__override ov[2];
+    struct fs__override *ov; /* the operation's own, then the directories' */
+    size_t ov_cap;
     char path[FS__REPLAY_PATH_MAX], path2[FS__REPLAY_PATH_MAX];
 };
 
@@ -166,14 +168,39 @@ static int has_prefix(const char *k, size_t kl, const char *p, size_t pl) {
     return kl >= pl && memcmp(k, p, pl) == 0;
 }
 
+/* Publishes the operation's n overrides (r->ov[0..n)), then every
+ * directory the transaction touched that existed at its revision as
+ * present: the store may already be past it, and the replay's path walks
+ * must still find them. The first match wins. */
 static void ov_set(struct rp *r, size_t n) {
+    size_t m = n;
+    for (size_t j = 0; j < r->nd && m < r->ov_cap; j++) {
+        const struct rdir *d = &r->dirs[j];
+        if (d->created && !d->made) continue;
+        r->ov[m++] = (struct fs__override){1, 1, d->key, d->kl};
+    }
     pthread_mutex_lock(&r->fs->ov_lock);
     r->fs->ov = r->ov;
-    r->fs->n_ov = n;
+    r->fs->n_ov = m;
     pthread_mutex_unlock(&r->fs->ov_lock);
 }
 
-static void ov_clear(struct rp *r) { ov_set(r, 0); }
+/* Room for two operation overrides and one per directory. */
+static int ov_reserve(struct rp *r) {
+    size_t want = r->nd + 2;
+    if (want <= r->ov_cap) return 0;
+    struct fs__override *o = realloc(r->ov, want * sizeof *o);
+    if (o == NULL) return -ENOMEM;
+    r->ov = o;
+    r->ov_cap = want;
+    return 0;
+}
+
+static void ov_clear(struct rp *r) {
+    pthread_mutex_lock(&r->fs->ov_lock);
+    r->fs->n_ov = 0;
+    pthread_mutex_unlock(&r->fs->ov_lock);
+}
 
 static void ov_fill(struct rp *r, size_t i, int is_dir, int present, const char *k,
                     size_t kl) {
@@ -260,7 +287,7 @@ static int add_dir(struct rp *r, size_t *cap, const char *k, size_t dl) {
     char *c = malloc(dl);
     if (c == NULL) return -ENOMEM;
     memcpy(c, k, dl);
-    r->dirs[r->nd++] = (struct rdir){c, dl, 0, 0, 0};
+    r->dirs[r->nd++] = (struct rdir){c, dl, 0, 0, 0, 0};
     return 0;
 }
 
@@ -340,7 +367,7 @@ static int classify_dirs(struct rp *r) {
                      !queued_later(fs, 1, d->key, d->kl);
         d->held_before = fs__ino_peek(fs, 1, d->key, d->kl) != 0;
     }
-    qsort(r->dirs, r->nd, sizeof *r->dirs, dir_order);
+    if (r->nd > 1) qsort(r->dirs, r->nd, sizeof *r->dirs, dir_order);
     return 0;
 }
 
@@ -359,12 +386,13 @@ static int write_len(struct rp *r, int fd, size_t len) {
     return w < 0 ? -errno : 0;
 }
 
-static void replay_mkdir(struct rp *r, const struct rdir *d) {
+static void replay_mkdir(struct rp *r, struct rdir *d) {
     if (rel_path(r->fs, d->key, d->kl, 1, r->path, sizeof r->path) < 0) return;
     ov_fill(r, 0, 1, 0, d->key, d->kl);
     ov_set(r, 1);
     (void)mkdirat(r->root, r->path, r->fs->opt.dir_mode & 07777);
     ov_clear(r);
+    d->made = 1;
 }
 
 static void replay_rmdir(struct rp *r, const struct rdir *d) {
@@ -379,13 +407,14 @@ static void replay_rmdir(struct rp *r, const struct rdir *d) {
 static void replay_put(struct rp *r, const char *k, size_t kl, int created, size_t len,
                        uint32_t mode) {
     if (rel_path(r->fs, k, kl, 0, r->path, sizeof r->path) < 0) return;
-    if (created) {
-        ov_fill(r, 0, 0, 0, k, kl);
-        ov_set(r, 1);
-    }
-    int fd = openat(r->root, r->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+    if (created) ov_fill(r, 0, 0, 0, k, kl);
+    ov_set(r, created ? 1 : 0);
+    /* Never O_TRUNC: on a file the kernel knows (a reader may have looked
+     * it up first) it would set the size to 0 until the write, and a reader
+     * in between would read nothing. */
+    int fd = openat(r->root, r->path, O_WRONLY | O_CLOEXEC | (created ? O_CREAT : 0),
                     mode ? (mode & 07777) : (r->fs->opt.file_mode & 07777));
-    if (created) ov_clear(r);
+    ov_clear(r);
     if (fd < 0) return;
     (void)write_len(r, fd, len);
     close(fd);
@@ -507,10 +536,10 @@ static void wait_queued(struct fs *fs) {
 
 static void replay_group(struct rp *r) {
     wait_queued(r->fs);
-    if (classify_dirs(r) < 0) return;
+    if (classify_dirs(r) < 0 || ov_reserve(r) < 0) return;
     if (try_rename_file(r) || try_rename_dir(r)) return;
     for (size_t j = 0; j < r->nd; j++) { /* parents sort before children */
-        const struct rdir *d = &r->dirs[j];
+        struct rdir *d = &r->dirs[j];
         if (d->created && held(r, d->key, parent_len(d->key, d->kl, 1))) replay_mkdir(r, d);
     }
     replay_files(r);
@@ -590,6 +619,7 @@ void *fs__replay_main(void *arg) {
     atomic_store(&fs->replay_tid, 0);
     if (r.root >= 0) close(r.root);
     free(r.dirs);
+    free(r.ov);
     free(r.zeros);
     return NULL;
 }
