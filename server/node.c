@@ -345,48 +345,170 @@ static struct node_member *member_find(struct node *n, uint64_t id) {
     return NULL;
 }
 
-/* Writes the member table to DATA/members (temp file, fsync, rename). */
-static void members_save(struct node *n) {
-    char path[1100], tmp[1110];
-    snprintf(path, sizeof path, "%s/members", n->cfg->data_dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        logf_("cannot write %s: %s", tmp, strerror(errno));
-        return;
-    }
-    for (size_t i = 0; i < n->n_members; i++) {
-        const struct node_member *m = &n->members[i];
-        fprintf(f, "%016" PRIx64 "\t%s\t%s\t%s\n", m->id, m->name, m->peer_urls,
-                m->client_urls[0] ? m->client_urls : "-");
-    }
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) logf_("cannot sync %s", tmp);
-    fclose(f);
-    if (rename(tmp, path) != 0) logf_("cannot rename %s: %s", tmp, strerror(errno));
+/*
+ * The member table and the cluster id live in the store (store_apply_cluster),
+ * written in the batch of the entry that changed them, so they are always
+ * those of the applied index and a checkpoint (snapshot) carries them. The
+ * encoding: "QMT1", cluster id (u64), member count (u32), then per member its
+ * id (u64) and name, peer URLs, client URLs (u16 length, bytes each); integers
+ * little-endian.
+ */
+#define MEMBERS_MAGIC "QMT1"
+
+static void put_le(unsigned char *p, uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint64_t get_le(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
 }
 
-static void members_load(struct node *n) {
+/* Bytes members_encode may need at most. */
+#define MEMBERS_BLOB_MAX \
+    (4 + 8 + 4 + SERVER_MEMBERS_MAX * (8 + 6 + SERVER_NAME_MAX + 2 * SERVER_URL_MAX))
+
+static size_t members_encode(const struct node *n, unsigned char *buf) {
+    unsigned char *p = buf;
+    memcpy(p, MEMBERS_MAGIC, 4);
+    p += 4;
+    put_le(p, n->cluster_id, 8);
+    p += 8;
+    put_le(p, n->n_members, 4);
+    p += 4;
+    for (size_t i = 0; i < n->n_members; i++) {
+        const struct node_member *m = &n->members[i];
+        put_le(p, m->id, 8);
+        p += 8;
+        const char *f[3] = {m->name, m->peer_urls, m->client_urls};
+        for (int k = 0; k < 3; k++) {
+            size_t l = strlen(f[k]);
+            put_le(p, l, 2);
+            memcpy(p + 2, f[k], l);
+            p += 2 + l;
+        }
+    }
+    return (size_t)(p - buf);
+}
+
+static int take_field(const unsigned char **p, const unsigned char *end, char *out, size_t cap) {
+    if (end - *p < 2) return -EINVAL;
+    size_t l = (size_t)get_le(*p, 2);
+    *p += 2;
+    if ((size_t)(end - *p) < l || l >= cap || memchr(*p, '\0', l)) return -EINVAL;
+    memcpy(out, *p, l);
+    out[l] = '\0';
+    *p += l;
+    return 0;
+}
+
+/* Decodes a stored table into *cluster_id, members[0..*n). */
+static int members_decode(const void *buf, size_t len, uint64_t *cluster_id,
+                          struct node_member *members, size_t *n) {
+    const unsigned char *p = buf, *end = p + len;
+    if (len < 16 || memcmp(p, MEMBERS_MAGIC, 4) != 0) return -EINVAL;
+    *cluster_id = get_le(p + 4, 8);
+    uint64_t count = get_le(p + 12, 4);
+    p += 16;
+    if (count > SERVER_MEMBERS_MAX) return -EINVAL;
+    for (size_t i = 0; i < count; i++) {
+        struct node_member *m = &members[i];
+        memset(m, 0, sizeof *m);
+        if (end - p < 8) return -EINVAL;
+        m->id = get_le(p, 8);
+        p += 8;
+        if (take_field(&p, end, m->name, sizeof m->name) ||
+            take_field(&p, end, m->peer_urls, sizeof m->peer_urls) ||
+            take_field(&p, end, m->client_urls, sizeof m->client_urls))
+            return -EINVAL;
+    }
+    if (p != end) return -EINVAL;
+    *n = (size_t)count;
+    return 0;
+}
+
+/* Applies entry `index` (a conf change when cs is not NULL, else an entry
+ * without a store request) together with the member table as it is now. */
+static int members_apply_store(struct node *n, uint64_t index, const struct raft_conf_state *cs) {
+    static unsigned char buf[MEMBERS_BLOB_MAX]; /* loop thread only */
+    size_t len = members_encode(n, buf);
+    return store_apply_cluster(n->store, index, cs, buf, len);
+}
+
+/* The table as the store holds it. Returns 1 if the store holds none. */
+static int members_read_store(struct node *n) {
+    void *blob = NULL;
+    size_t len = 0;
+    int rc = store_cluster_get(n->store, &blob, &len);
+    if (rc) {
+        logf_("cannot read the member table: %s", store_strerror(rc));
+        return rc;
+    }
+    if (!blob) return 1;
+    uint64_t cid = 0;
+    size_t count = 0;
+    struct node_member *tab = calloc(SERVER_MEMBERS_MAX, sizeof *tab);
+    rc = tab ? members_decode(blob, len, &cid, tab, &count) : -ENOMEM;
+    free(blob);
+    if (rc == 0) {
+        memcpy(n->members, tab, count * sizeof *tab);
+        n->n_members = count;
+        n->cluster_id = cid;
+    } else {
+        logf_("the stored member table is unreadable: %s", strerror(-rc));
+    }
+    free(tab);
+    return rc;
+}
+
+/* An earlier version kept the table in DATA/members: read it once. */
+static bool members_load_legacy(struct node *n, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    n->n_members = 0;
+    char line[1024];
+    while (n->n_members < SERVER_MEMBERS_MAX && fgets(line, sizeof line, f)) {
+        struct node_member m = {0};
+        char name[SERVER_NAME_MAX], peer[SERVER_URL_MAX], client[SERVER_URL_MAX];
+        if (sscanf(line, "%16" SCNx64 "\t%63[^\t]\t%255[^\t]\t%255[^\n]", &m.id, name, peer,
+                   client) != 4)
+            continue;
+        snprintf(m.name, sizeof m.name, "%s", name);
+        snprintf(m.peer_urls, sizeof m.peer_urls, "%s", peer);
+        if (strcmp(client, "-") != 0) snprintf(m.client_urls, sizeof m.client_urls, "%s", client);
+        n->members[n->n_members++] = m;
+    }
+    fclose(f);
+    return n->n_members > 0;
+}
+
+static void published_refresh(struct node *n) {
+    struct node_member *self = member_find(n, n->id);
+    n->published = self && strcmp(self->client_urls, n->cfg->advertise_client_urls) == 0 &&
+                   (!n->cfg->name[0] || strcmp(self->name, n->cfg->name) == 0);
+}
+
+/*
+ * At start: the table and cluster id the store holds. A store without one
+ * is a new member: a founder of a new cluster derives both from
+ * --initial-cluster and stores them (every founder computes the same); a
+ * member joining an existing cluster uses its --initial-cluster until the
+ * leader's snapshot brings the cluster's table and id (etcd keeps the
+ * founders' cluster id for every member).
+ */
+static int members_load(struct node *n) {
     const struct server_config *cfg = n->cfg;
+    int rc = members_read_store(n);
+    if (rc < 0) return rc;
+    if (rc == 0) {
+        published_refresh(n);
+        return 0;
+    }
     char path[1100];
     snprintf(path, sizeof path, "%s/members", cfg->data_dir);
-    FILE *f = fopen(path, "r");
-    n->n_members = 0;
-    if (f) {
-        char line[1024];
-        while (n->n_members < SERVER_MEMBERS_MAX && fgets(line, sizeof line, f)) {
-            struct node_member m = {0};
-            char name[SERVER_NAME_MAX], peer[SERVER_URL_MAX], client[SERVER_URL_MAX];
-            if (sscanf(line, "%16" SCNx64 "\t%63[^\t]\t%255[^\t]\t%255[^\n]", &m.id, name, peer,
-                       client) != 4)
-                continue;
-            snprintf(m.name, sizeof m.name, "%s", name);
-            snprintf(m.peer_urls, sizeof m.peer_urls, "%s", peer);
-            if (strcmp(client, "-") != 0) snprintf(m.client_urls, sizeof m.client_urls, "%s", client);
-            n->members[n->n_members++] = m;
-        }
-        fclose(f);
-    }
-    if (n->n_members == 0) {
+    bool legacy = members_load_legacy(n, path);
+    if (!legacy) {
+        n->n_members = 0;
         for (size_t i = 0; i < cfg->n_members; i++) {
             struct node_member *m = &n->members[n->n_members++];
             memset(m, 0, sizeof *m);
@@ -406,8 +528,19 @@ static void members_load(struct node *n) {
         h *= 1099511628211ull;
     }
     n->cluster_id = h ? h : 1;
-    struct node_member *self = member_find(n, n->id);
-    if (self && strcmp(self->client_urls, cfg->advertise_client_urls) == 0) n->published = true;
+    published_refresh(n);
+    /* A joiner has nothing to store yet: the snapshot brings it. */
+    if (!legacy && (cfg->initial_cluster_existing || store_applied_index(n->store) == 0))
+        return 0;
+    static unsigned char buf[MEMBERS_BLOB_MAX];
+    size_t len = members_encode(n, buf);
+    rc = store_cluster_put(n->store, buf, len);
+    if (rc) {
+        logf_("cannot store the member table: %s", store_strerror(rc));
+        return rc;
+    }
+    if (legacy) unlink(path);
+    return 0;
 }
 
 static void waiter_finish(struct waiter **wp, int err) {
@@ -418,25 +551,63 @@ static void waiter_finish(struct waiter **wp, int err) {
     free(w);
 }
 
+static void first_url(const char *urls, char out[SERVER_URL_MAX]) {
+    size_t ul = strcspn(urls, ",");
+    if (ul >= SERVER_URL_MAX) ul = SERVER_URL_MAX - 1;
+    memcpy(out, urls, ul);
+    out[ul] = '\0';
+}
+
 /* The handshake compares member lists: keep the transport's in step with
- * the member table (id and first peer URL of each member). */
+ * the member table (id and first peer URL of each member). A member no
+ * longer in the table (removed) keeps the list it has: it is stopping. */
 static void net_set_members(struct node *n) {
-    if (!n->net) return;
+    if (!n->net || !member_find(n, n->id)) return;
     struct net_member nm[SERVER_MEMBERS_MAX];
     char urls[SERVER_MEMBERS_MAX][SERVER_URL_MAX];
     for (size_t i = 0; i < n->n_members; i++) {
-        size_t ul = strcspn(n->members[i].peer_urls, ",");
-        memcpy(urls[i], n->members[i].peer_urls, ul);
-        urls[i][ul] = '\0';
+        first_url(n->members[i].peer_urls, urls[i]);
         nm[i] = (struct net_member){n->members[i].id, urls[i]};
     }
     int rc = net_transport_set_members(n->net, nm, n->n_members);
     if (rc) logf_("cannot update the peer member list: %s", net_strerror(rc));
 }
 
-/* A conf change was applied: keep the member table in step with Raft. */
-static void members_apply_conf(struct node *n, const struct raft_conf_change *cc, int rc) {
-    if (rc == 0) {
+/* The table changed from old[0..n_old): dial the members that appeared (or
+ * moved), forget those that went, and update the handshake's list. */
+static void net_sync_peers(struct node *n, const struct node_member *old, size_t n_old) {
+    if (!n->net) return;
+    char a[SERVER_URL_MAX], b[SERVER_URL_MAX];
+    for (size_t i = 0; i < n_old; i++) {
+        if (old[i].id == n->id) continue;
+        const struct node_member *now = member_find(n, old[i].id);
+        first_url(old[i].peer_urls, a);
+        if (now) first_url(now->peer_urls, b);
+        if (!now || strcmp(a, b) != 0) net_transport_remove_peer(n->net, old[i].id);
+    }
+    for (size_t i = 0; i < n->n_members; i++) {
+        const struct node_member *m = &n->members[i];
+        if (m->id == n->id) continue;
+        const struct node_member *was = NULL;
+        for (size_t k = 0; k < n_old; k++)
+            if (old[k].id == m->id) was = &old[k];
+        first_url(m->peer_urls, b);
+        if (was) first_url(was->peer_urls, a);
+        if (was && strcmp(a, b) == 0) continue;
+        int rc = b[0] ? net_transport_add_peer(n->net, m->id, b) : NET_EINVAL;
+        if (rc) logf_("peer %016" PRIx64 " (%s): %s", m->id, b, net_strerror(rc));
+    }
+    net_set_members(n);
+}
+
+/* Applies conf change entry `index` (Raft's outcome crc, configuration cs
+ * after it) to the member table and stores both in one batch. */
+static int members_apply_conf(struct node *n, uint64_t index, const struct raft_conf_change *cc,
+                              int crc, const struct raft_conf_state *cs) {
+    struct node_member old[SERVER_MEMBERS_MAX];
+    size_t n_old = n->n_members;
+    memcpy(old, n->members, n_old * sizeof *old);
+    if (crc == 0) {
         struct node_member m;
         bool described = cc->context.len &&
                          member_decode(cc->context.base, cc->context.len, &m) == 0;
@@ -446,26 +617,23 @@ static void members_apply_conf(struct node *n, const struct raft_conf_change *cc
                 n->members[i] = n->members[--n->n_members];
                 break;
             }
-            if (n->net && cc->node_id != n->id) net_transport_remove_peer(n->net, cc->node_id);
         } else if (!member_find(n, cc->node_id) && n->n_members < SERVER_MEMBERS_MAX) {
             struct node_member *nm = &n->members[n->n_members++];
             memset(nm, 0, sizeof *nm);
             if (described) *nm = m;
             nm->id = cc->node_id;
-            if (n->net && cc->node_id != n->id) {
-                char url[SERVER_URL_MAX];
-                size_t ul = strcspn(nm->peer_urls, ",");
-                memcpy(url, nm->peer_urls, ul);
-                url[ul] = '\0';
-                net_transport_add_peer(n->net, cc->node_id, url);
-            }
         }
-        members_save(n);
-        net_set_members(n);
     }
+    int rc = members_apply_store(n, index, cs);
+    if (rc) {
+        memcpy(n->members, old, n_old * sizeof *old);
+        n->n_members = n_old;
+        return rc;
+    }
+    if (crc == 0) net_sync_peers(n, old, n_old);
     struct waiter *w = n->conf_waiter;
-    if (w && w->member_id == cc->node_id) waiter_finish(&n->conf_waiter, rc ? -EINVAL : 0);
-    if (rc == 0 && cc->type == RAFT_CC_REMOVE && cc->node_id == n->id) {
+    if (w && w->member_id == cc->node_id) waiter_finish(&n->conf_waiter, crc ? -EINVAL : 0);
+    if (crc == 0 && cc->type == RAFT_CC_REMOVE && cc->node_id == n->id) {
         logf_("this member was removed from the cluster; stopping");
         pthread_mutex_lock(&n->mu);
         n->stopping = true;
@@ -475,24 +643,49 @@ static void members_apply_conf(struct node *n, const struct raft_conf_change *cc
         else
             uv_stop(&n->loop);
     }
+    return 0;
 }
 
-static void members_apply_update(struct node *n, const struct raft_entry *e) {
+/* Applies member-update entry e (MEMBER_UPDATE_ENTRY) and stores the table
+ * in the same batch. */
+static int members_apply_update(struct node *n, const struct raft_entry *e) {
     const unsigned char *d = e->data.base;
-    if (e->data.len < 9) return;
-    uint64_t id = 0;
-    for (int i = 0; i < 8; i++) id |= (uint64_t)d[1 + i] << (8 * i);
     struct node_member m;
-    struct node_member *cur = member_find(n, id);
-    if (!cur || member_decode(d + 9, e->data.len - 9, &m) != 0) return;
+    struct node_member *cur = NULL;
+    uint64_t id = 0;
+    if (e->data.len >= 9) {
+        id = get_le(d + 1, 8);
+        cur = member_find(n, id);
+        if (cur && member_decode(d + 9, e->data.len - 9, &m) != 0) cur = NULL;
+    }
+    if (!cur) return store_apply_noop(n->store, e->index);
+    struct node_member old[SERVER_MEMBERS_MAX];
+    memcpy(old, n->members, n->n_members * sizeof *old);
+    struct node_member saved = *cur;
     if (m.peer_urls[0]) snprintf(cur->peer_urls, sizeof cur->peer_urls, "%s", m.peer_urls);
     if (m.client_urls[0]) snprintf(cur->client_urls, sizeof cur->client_urls, "%s", m.client_urls);
     if (m.name[0]) snprintf(cur->name, sizeof cur->name, "%s", m.name);
-    members_save(n);
-    if (id == n->id && strcmp(cur->client_urls, n->cfg->advertise_client_urls) == 0)
-        n->published = true;
+    int rc = members_apply_store(n, e->index, NULL);
+    if (rc) {
+        *cur = saved;
+        return rc;
+    }
+    if (strcmp(saved.peer_urls, cur->peer_urls) != 0) net_sync_peers(n, old, n->n_members);
+    published_refresh(n);
     struct waiter *w = n->conf_waiter;
     if (w && w->type == NODE_MEMBER_UPDATE && w->member_id == id) waiter_finish(&n->conf_waiter, 0);
+    return 0;
+}
+
+/* A snapshot replaced the store: take the member table and cluster id it
+ * carries (a member that joined by snapshot learns the cluster's here). */
+static void members_reload(struct node *n) {
+    struct node_member old[SERVER_MEMBERS_MAX];
+    size_t n_old = n->n_members;
+    memcpy(old, n->members, n_old * sizeof *old);
+    if (members_read_store(n) != 0) return; /* none: keep ours */
+    published_refresh(n);
+    net_sync_peers(n, old, n_old);
 }
 
 static int propose_member_update(struct node *n, const struct node_member *m) {
@@ -522,6 +715,9 @@ static void maybe_publish(struct node *n) {
         return;
     }
     memcpy(m.client_urls, n->cfg->advertise_client_urls, len + 1);
+    /* etcd publishes its name with its client URLs: a member added with
+     * MemberAdd has none in the table (nor in the snapshot it joined by). */
+    snprintf(m.name, sizeof m.name, "%s", n->cfg->name);
     propose_member_update(n, &m); /* retried on later ticks until applied */
 }
 
@@ -773,16 +969,11 @@ static int apply_entry(struct node *n, const struct raft_entry *e) {
             raft_status(n->raft, &st);
             cs = st.conf;
         }
-        rc = store_apply_conf(n->store, e->index, &cs);
-        if (rc == 0) members_apply_conf(n, &cc, crc);
-        return rc;
+        return members_apply_conf(n, e->index, &cc, crc, &cs);
     }
     if (e->data.len == 0) return store_apply_noop(n->store, e->index);
-    if (((const unsigned char *)e->data.base)[0] == MEMBER_UPDATE_ENTRY) {
-        rc = store_apply_noop(n->store, e->index);
-        if (rc == 0) members_apply_update(n, e);
-        return rc;
-    }
+    if (((const unsigned char *)e->data.base)[0] == MEMBER_UPDATE_ENTRY)
+        return members_apply_update(n, e);
 
     struct store_result *res = NULL;
     rc = store_apply(n->store, e->index, e->data.base, e->data.len, &res);
@@ -1000,6 +1191,7 @@ static int install_snapshot(struct node *n, const struct raft_update *u) {
         rm_tree(old);
         n->last_compact_index = meta->index;
         logf_("installed snapshot at index %" PRIu64, meta->index);
+        members_reload(n);
         if (n->fs && n->fs_started) fs_notify_reset(n->fs); /* every cached key */
     }
     return rc;
@@ -1440,7 +1632,7 @@ int server_run(const struct server_config *cfg) {
     if (uv_loop_init(&n->loop) != 0) goto err_free;
 
     if (open_store(n)) goto err_loop;
-    members_load(n);
+    if (members_load(n)) goto err_store;
     if (start_raft(n)) goto err_store;
     uv_check_init(&n->loop, &n->check);
     n->check.data = n;

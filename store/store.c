@@ -187,6 +187,72 @@ int store_apply_conf(struct store *s, uint64_t raft_index, const struct raft_con
     return apply_meta_only(s, raft_index, cs);
 }
 
+/* ---------------------------------------------------------------- cluster blob */
+
+static const char CLUSTER_KEY[] = "cluster";
+
+int store_apply_cluster(struct store *s, uint64_t raft_index, const struct raft_conf_state *cs,
+                        const void *blob, size_t len) {
+    STORE_ASSERT(s != NULL);
+    STORE_ASSERT(blob != NULL || len == 0);
+    if (cs != NULL && (cs->n_voters > RAFT_MEMBERS_MAX || cs->n_learners > RAFT_MEMBERS_MAX))
+        return STORE_EINVAL;
+    if (len > STORE_CLUSTER_BYTES_MAX) return STORE_ETOOLARGE;
+    if (raft_index <= s->st.applied) return 0;
+    struct store__batch *w = NULL;
+    int rc = s->be->ops->batch_new(s->be, &w);
+    if (rc != 0) return rc;
+    rc = s->be->ops->batch_put(w, STORE__CF_DEFAULT, CLUSTER_KEY, sizeof(CLUSTER_KEY) - 1,
+                               len ? blob : "", len);
+    struct store__state st = s->st;
+    st.applied = raft_index;
+    if (cs != NULL) st.conf = *cs;
+    if (rc == 0) rc = store__commit_state(s, w, &st, false);
+    s->be->ops->batch_free(w);
+    return rc;
+}
+
+int store_cluster_put(struct store *s, const void *blob, size_t len) {
+    STORE_ASSERT(s != NULL);
+    STORE_ASSERT(blob != NULL || len == 0);
+    if (len > STORE_CLUSTER_BYTES_MAX) return STORE_ETOOLARGE;
+    struct store__batch *w = NULL;
+    int rc = s->be->ops->batch_new(s->be, &w);
+    if (rc != 0) return rc;
+    rc = s->be->ops->batch_put(w, STORE__CF_DEFAULT, CLUSTER_KEY, sizeof(CLUSTER_KEY) - 1,
+                               len ? blob : "", len);
+    if (rc == 0) rc = s->be->ops->batch_commit(s->be, w, true);
+    s->be->ops->batch_free(w);
+    return rc;
+}
+
+int store_cluster_get(struct store *s, void **blob, size_t *len) {
+    STORE_ASSERT(s != NULL && blob != NULL && len != NULL);
+    *blob = NULL;
+    *len = 0;
+    struct store__buf v = {0};
+    int rc = s->be->ops->get(s->be, NULL, STORE__CF_DEFAULT, CLUSTER_KEY,
+                             sizeof(CLUSTER_KEY) - 1, &v);
+    if (rc == 1) {
+        store__buf_free(&v);
+        return 0;
+    }
+    if (rc != 0) {
+        store__buf_free(&v);
+        return rc;
+    }
+    /* Never NULL when present, even when empty. */
+    *blob = malloc(v.len ? v.len : 1);
+    if (*blob == NULL) {
+        store__buf_free(&v);
+        return STORE_ENOMEM;
+    }
+    if (v.len) memcpy(*blob, v.p, v.len);
+    *len = v.len;
+    store__buf_free(&v);
+    return 0;
+}
+
 int store_request_check(struct store *s, const void *req, size_t len) {
     STORE_ASSERT(s != NULL);
     struct store_request r;

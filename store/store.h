@@ -445,6 +445,27 @@ int store_apply_noop(struct store *s, uint64_t raft_index);
  * raft_index (returned by initial_state and snapshots). */
 int store_apply_conf(struct store *s, uint64_t raft_index, const struct raft_conf_state *cs);
 
+/*
+ * The cluster blob: bytes the driver keeps with the store's state (the
+ * member table and cluster id), opaque to the store. It lives in the
+ * default column family, so a checkpoint carries it, and
+ * store_apply_cluster writes it in the same batch as the applied index:
+ * after a crash it is the blob as of the applied index. Writer thread.
+ *
+ * store_apply_cluster applies entry raft_index (a conf change when cs is
+ * not NULL, as store_apply_conf; otherwise as store_apply_noop) and stores
+ * blob with it. An index <= applied does nothing (crash replay).
+ * store_cluster_put stores blob without applying anything (synced): for
+ * a blob that follows from the state as it is (a new cluster's initial
+ * members). store_cluster_get: *blob malloc'ed (free()), NULL with *len 0
+ * when none was ever stored. STORE_ETOOLARGE beyond STORE_CLUSTER_BYTES_MAX.
+ */
+#define STORE_CLUSTER_BYTES_MAX (1u << 20)
+int store_apply_cluster(struct store *s, uint64_t raft_index, const struct raft_conf_state *cs,
+                        const void *blob, size_t len);
+int store_cluster_put(struct store *s, const void *blob, size_t len);
+int store_cluster_get(struct store *s, void **blob, size_t *len);
+
 /* ---------------------------------------------------------------- reads */
 
 /*
@@ -612,6 +633,7 @@ uint64_t store_memdb_writes(struct store_memdb *m);
  *                        compact revision, logical bytes, change sequence,
  *                        configuration as of the applied index. Rewritten
  *                        by every apply, in the same batch.
+ *             "cluster" -> the driver's cluster blob (store_apply_cluster).
  *   kv        user key -> record of the latest live version. One seek per
  *             get; a prefix range is one iterator pass. Deleted keys are
  *             absent.

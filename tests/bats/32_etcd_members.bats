@@ -7,6 +7,8 @@
 #    --initial-cluster-state existing; writes then reach every member,
 #    the grown cluster survives the loss of its first member, and `member
 #    remove` leaves the others working (the removed member stops itself);
+#    every member shows the same members (names, peer and client URLs) and
+#    the founding cluster's cluster_id, also after a restart;
 #  - a node serving clients over TLS only (--cert-file/--key-file, a
 #    self-signed certificate made here): etcdctl with --cacert puts, gets
 #    and watches, a plain-text client gets nothing.
@@ -109,31 +111,70 @@ member_id() {
   ectl "$1" member list | awk -F', ' -v n="$2" '$3 == n { print $1 }'
 }
 
-# members I: member I's member list, one "id name peer-urls is-learner"
-# line per member, sorted.
-# Client URLs are left out: a member that joined by snapshot knows the
-# client URLs published before it joined only from its own --initial-cluster
-# (none), since the member table travels with log entries, not snapshots
-# (server/node.c). Compare whole lines once snapshots carry the table.
+# members I: member I's member list, one "id name peer-urls client-urls
+# is-learner" line per member, sorted.
 members() {
   local out
   out=$(ectl "$1" member list 2>&1) || { echo "$out"; return 1; }
-  printf '%s\n' "$out" | awk -F', ' '{ print $1, $3, $4, $6 }' | LC_ALL=C sort
+  printf '%s\n' "$out" | awk -F', ' '{ print $1, $3, $4, $5, $6 }' | LC_ALL=C sort
+}
+
+# cluster_view I: member I's `member list -w json` reduced to what every
+# member must agree on: the header's cluster_id, then one line per member
+# (id, name, peer URLs, client URLs, learner), sorted. Checks that every
+# named member nJ publishes http://IP(J):2379 as its client URL, and that
+# `endpoint status -w json` shows the same cluster_id.
+cluster_view() {
+  local i=$1 list status
+  list=$(ectl "$i" member list -w json 2>&1) || { echo "$list"; return 1; }
+  status=$(ectl "$i" endpoint status -w json 2>&1) || { echo "$status"; return 1; }
+  LIST=$list STATUS=$status python3 -c '
+import json, os, sys
+lst = json.loads(os.environ["LIST"])
+st = json.loads(os.environ["STATUS"])
+cid = lst["header"]["cluster_id"]
+scid = st[0]["Status"]["header"]["cluster_id"]
+if scid != cid:
+    sys.exit("endpoint status cluster_id %x != member list cluster_id %x" % (scid, cid))
+print("cluster_id %x" % cid)
+rows = []
+for m in lst["members"]:
+    name = m.get("name", "")
+    client = ",".join(m.get("clientURLs", []))
+    if name.startswith("n") and name[1:].isdigit():
+        want = "http://127.0.0.1%s:2379" % name[1:]
+        if client != want:
+            sys.exit("member %s shows client URLs %r, not %r" % (name, client, want))
+    rows.append("%x %s %s %s %s" % (m["ID"], name, ",".join(m.get("peerURLs", [])), client,
+                                   bool(m.get("isLearner", False))))
+print("\n".join(sorted(rows)))
+'
 }
 
 # same_members WANT_LINES I...: every listed member shows the same member
-# list of WANT_LINES members, all "started".
+# list of WANT_LINES members, all "started", with their names, peer and
+# client URLs, and the same cluster_id, within 10 s (a member's own
+# publication reaches the others through the log).
 same_members() {
-  local want=$1 i ref=""; shift
+  wait_until 10 same_members_now "$@" 2>/dev/null || same_members_now "$@"
+}
+
+same_members_now() {
+  local want=$1 i ref="" view_ref=""; shift
   for i in "$@"; do
-    local got
+    local got view
     got=$(members "$i") || { echo "n$i: member list failed: $got" >&2; return 1; }
     [ "$(printf '%s\n' "$got" | wc -l)" = "$want" ] || { echo "n$i lists: $got" >&2; return 1; }
     ectl "$i" member list | grep -q unstarted && { echo "n$i: a member is unstarted" >&2; return 1; }
+    view=$(cluster_view "$i") || { echo "n$i: $view" >&2; return 1; }
     if [ -z "$ref" ]; then
       ref=$got
+      view_ref=$view
     elif [ "$got" != "$ref" ]; then
       printf 'member lists differ:\n%s\n--- n%s:\n%s\n' "$ref" "$i" "$got" >&2
+      return 1
+    elif [ "$view" != "$view_ref" ]; then
+      printf 'member list -w json differs:\n%s\n--- n%s:\n%s\n' "$view_ref" "$i" "$view" >&2
       return 1
     fi
   done
@@ -166,6 +207,13 @@ grow() {
     { ectl 1 member promote "$id3" >&2; tail -20 "$QFS_TMP/n3/log" >&2; return 1; }
   wait_healthy 3
   same_members 3 1 2 3
+  # Every member reports the founding cluster's id: the one n1 answered
+  # `member add` with (n2 and n3 started with longer --initial-cluster lists).
+  local cid
+  cid=$(cluster_view 3 | awk '$1 == "cluster_id" { print $2 }')
+  [ -n "$cid" ]
+  grep -q "added to cluster $cid\$" "$QFS_TMP/n2.add"
+  grep -q "added to cluster $cid\$" "$QFS_TMP/n3.add"
   run ectl 1 member list
   [ "$status" -eq 0 ]
   [[ "$output" != *", true"* ]] # no learner left
@@ -203,6 +251,12 @@ grow() {
   wait_healthy 1
   replicated /after/n1-lost yes 1
   replicated /after/second ok 1
+  same_members 3 1 2 3
+  # A member that joined by snapshot keeps the table and cluster id it
+  # learned across a restart.
+  qfs_kill n3 KILL
+  m_restart 3
+  wait_healthy 3
   same_members 3 1 2 3
 }
 

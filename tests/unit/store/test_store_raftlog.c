@@ -2,8 +2,8 @@
  * test_store_raftlog.c - the Raft log storage as raft.h documents it:
  * first/last index, term, entries with byte limits, suffix overwrite, hard
  * state, compaction, bootstrap, snapshot metadata and configuration as of
- * the applied index; everything again after reopening. Runs on the
- * in-memory database and on RocksDB.
+ * the applied index, the cluster blob; everything again after reopening.
+ * Runs on the in-memory database and on RocksDB.
  */
 #include "tests/unit/store/store_test.h"
 
@@ -259,6 +259,93 @@ BOTH(compaction_and_snapshot) {
     make_ents(e, data, 8, 8, 3);
     ASSERT_EQ(store_raft_save(t.s, NULL, e, 1, true), 0);
     ASSERT_U64_EQ(last_i(rs), 8);
+    t_store_close(&t);
+}
+
+static bool blob_is(struct store *s, const char *want) {
+    void *b = NULL;
+    size_t n = 0;
+    if (store_cluster_get(s, &b, &n) != 0) return false;
+    bool ok = want ? b != NULL && n == strlen(want) && memcmp(b, want, n) == 0 : b == NULL;
+    free(b);
+    return ok;
+}
+
+/* The cluster blob: absent at first, stored by store_cluster_put without
+ * applying, by store_apply_cluster in the batch of the applied entry (with
+ * or without a configuration), ignored for an index already applied. */
+BOTH(cluster_blob) {
+    struct t_store t;
+    ASSERT_EQ(t_store_open(&t, rocks, 0), 0);
+    ASSERT(blob_is(t.s, NULL));
+    ASSERT_EQ(store_cluster_put(t.s, "boot", 4), 0);
+    ASSERT(blob_is(t.s, "boot"));
+    ASSERT_U64_EQ(store_applied_index(t.s), 0);
+    ASSERT_EQ(store_apply_cluster(t.s, 1, NULL, "one", 3), 0);
+    ASSERT_U64_EQ(store_applied_index(t.s), 1);
+    struct raft_conf_state cs = {0};
+    cs.n_voters = 2;
+    cs.voters[0] = 5;
+    cs.voters[1] = 6;
+    ASSERT_EQ(store_apply_cluster(t.s, 2, &cs, "two", 3), 0);
+    ASSERT_EQ(store_apply_cluster(t.s, 2, NULL, "old", 3), 0); /* replay: nothing */
+    ASSERT(blob_is(t.s, "two"));
+    ASSERT_EQ(store_apply_cluster(t.s, 3, NULL, NULL, 0), 0); /* empty, not absent */
+    ASSERT(blob_is(t.s, ""));
+    ASSERT_EQ(store_apply_cluster(t.s, 4, NULL, "four", 4), 0);
+    ASSERT_EQ(t_store_reopen(&t), 0);
+    ASSERT_U64_EQ(store_applied_index(t.s), 4);
+    ASSERT(blob_is(t.s, "four"));
+    struct raft_storage *rs = store_raft_storage(t.s);
+    struct raft_hard_state hs;
+    struct raft_conf_state got;
+    ASSERT_EQ(rs->initial_state(rs->data, &hs, &got), 0);
+    ASSERT_EQ(got.n_voters, 2);
+    ASSERT_U64_EQ(got.voters[1], 6);
+    t_store_close(&t);
+}
+
+/* A crash keeps the blob of the applied index: each apply is one batch. */
+TEST(cluster_blob_crash) {
+    struct t_store t;
+    ASSERT_EQ(t_store_open(&t, false, 0), 0);
+    ASSERT_EQ(store_cluster_put(t.s, "boot", 4), 0); /* synced */
+    char blob[16];
+    for (uint64_t i = 1; i <= 6; i++) {
+        snprintf(blob, sizeof blob, "b%llu", (unsigned long long)i);
+        ASSERT_EQ(store_apply_cluster(t.s, i, NULL, blob, strlen(blob)), 0);
+    }
+    store_close(t.s);
+    t.s = NULL;
+    store_memdb_crash(t.memdb, 3);
+    ASSERT_EQ(t_store_reopen(&t), 0);
+    ASSERT_U64_EQ(store_applied_index(t.s), 3);
+    ASSERT(blob_is(t.s, "b3"));
+    /* A failed write changes neither. */
+    store_memdb_fail_write(t.memdb, 1);
+    ASSERT_EQ(store_apply_cluster(t.s, 4, NULL, "b4", 2), STORE_EFAULT);
+    ASSERT_U64_EQ(store_applied_index(t.s), 3);
+    ASSERT(blob_is(t.s, "b3"));
+    t_store_close(&t);
+}
+
+/* A checkpoint (what a snapshot streams) carries the blob. */
+TEST(cluster_blob_checkpoint) {
+    struct t_store t;
+    ASSERT_EQ(t_store_open(&t, true, 0), 0);
+    ASSERT_EQ(store_apply_cluster(t.s, 1, NULL, "members", 7), 0);
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/ckpt", t.tmp);
+    ASSERT_EQ(store_checkpoint(t.s, dir, NULL), 0);
+    ASSERT_EQ(store_apply_cluster(t.s, 2, NULL, "later", 5), 0);
+    struct store_options o;
+    store_options_init(&o);
+    o.data_dir = dir;
+    struct store *c = NULL;
+    char err[256];
+    ASSERT_EQ(store_open(&o, &c, err, sizeof err), 0);
+    ASSERT(blob_is(c, "members"));
+    store_close(c);
     t_store_close(&t);
 }
 
