@@ -670,7 +670,7 @@ int fs_notify_reset(struct fs *fs) {
     if (atomic_load(&fs->state) != FS__RUNNING) return 0;
     struct queue_item *it = calloc(1, sizeof *it + 1);
     if (it == NULL) return -ENOMEM;
-    it->type = (enum fs_change_type)FS__CHANGE_RESET;
+    it->reset = 1;
     it->local = 1; /* nothing to replay */
     inval_push(fs, it);
     return 0;
@@ -758,16 +758,22 @@ static void inval_key(struct fs *fs, struct fuse_session *se, const struct queue
 /* fs_notify_reset: every inode the kernel holds, its data, attributes and
  * the entry that names it. Keys are copied first (ino_lock is not held
  * across kernel calls), then looked up again. */
+struct held_key {
+    struct held_key *next;
+    int is_dir;
+    size_t key_len;
+    char key[];
+};
+
 static void inval_all(struct fs *fs, struct fuse_session *se) {
-    struct queue_item *list = NULL;
+    struct held_key *list = NULL;
     pthread_mutex_lock(&fs->ino_lock);
     for (struct inode *in = fs->all_inodes.all_next; in != &fs->all_inodes;
          in = in->all_next) {
         if (!in->linked) continue;
-        struct queue_item *it = malloc(sizeof *it + in->key_len + 1);
+        struct held_key *it = malloc(sizeof *it + in->key_len + 1);
         if (it == NULL) break;
-        memset(it, 0, sizeof *it);
-        it->type = in->is_dir ? FS_CHANGE_DELETE : FS_CHANGE_PUT; /* is_dir, below */
+        it->is_dir = in->is_dir;
         it->key_len = in->key_len;
         memcpy(it->key, in->key, in->key_len);
         it->key[in->key_len] = '\0';
@@ -777,9 +783,9 @@ static void inval_all(struct fs *fs, struct fuse_session *se) {
     pthread_mutex_unlock(&fs->ino_lock);
     fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
     while (list) {
-        struct queue_item *it = list;
+        struct held_key *it = list;
         list = it->next;
-        int is_dir = it->type == FS_CHANGE_DELETE;
+        int is_dir = it->is_dir;
         fuse_ino_t ino = fs__ino_peek(fs, is_dir, it->key, it->key_len);
         if (ino) fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
         /* the entry naming it: its last component in its parent */
@@ -804,7 +810,7 @@ static void *inval_main(void *arg) {
         if (fs->inval_head == NULL) fs->inval_tail = NULL;
         fs->inval_len--;
         pthread_mutex_unlock(&fs->q_lock);
-        if (it->type == (enum fs_change_type)FS__CHANGE_RESET)
+        if (it->reset)
             inval_all(fs, se);
         else
             inval_key(fs, se, it);

@@ -161,10 +161,10 @@ struct op {
     int64_t mtime_ns;  /* the metadata put */
 };
 
-#define FS__CHANGE_RESET 100 /* queue_item.type of fs_notify_reset */
 struct queue_item {
     struct queue_item *next;
     enum fs_change_type type;
+    int reset; /* fs_notify_reset: every held inode, no key */
     int created, local, more;
     int64_t revision;
     size_t key_len;

@@ -63,6 +63,7 @@
 #define FS__REPLAY_MORE_MS 1000   /* wait for the rest of a transaction */
 #define FS__REPLAY_GROUP_MAX 4096u /* changes replayed as one transaction */
 #define FS__REPLAY_PATH_MAX 4096u
+#define FS__REPLAY_DIR_KEYS 64u    /* keys of a directory read to classify it */
 
 int fs__is_replay(struct fs *fs, fuse_req_t req) {
     int tid = atomic_load(&fs->replay_tid);
@@ -291,24 +292,19 @@ static int add_dir(struct rp *r, size_t *cap, const char *k, size_t dl) {
     return 0;
 }
 
-/* Whether a change queued after this transaction (on either queue) is a
- * delete below d (del = 1), or the creation of key k (del = 0). Such a
- * change means the current state is already past this transaction. */
+/* Whether a delete below directory d is queued (on either queue): the
+ * store is already past it, so a key it deleted existed at the revision
+ * being replayed although the store no longer has it. */
 #define FS__REPLAY_SCAN_MAX 4096u
-static int queued_later(struct fs *fs, int del, const char *k, size_t kl) {
+static int delete_queued(struct fs *fs, const char *d, size_t dl) {
     int found = 0;
     unsigned seen = 0;
     pthread_mutex_lock(&fs->q_lock);
     const struct queue_item *lists[2] = {fs->rp_head, fs->inval_head};
     for (int l = 0; l < 2 && !found; l++)
         for (const struct queue_item *it = lists[l]; it && !found && seen < FS__REPLAY_SCAN_MAX;
-             it = it->next, seen++) {
-            if (del)
-                found = it->type == FS_CHANGE_DELETE && has_prefix(it->key, it->key_len, k, kl);
-            else
-                found = it->type == FS_CHANGE_PUT && it->created && it->key_len == kl &&
-                        memcmp(it->key, k, kl) == 0;
-        }
+             it = it->next, seen++)
+            found = it->type == FS_CHANGE_DELETE && has_prefix(it->key, it->key_len, d, dl);
     pthread_mutex_unlock(&fs->q_lock);
     return found;
 }
@@ -325,7 +321,6 @@ static int classify_dirs(struct rp *r) {
     for (size_t j = 0; j < r->nd; j++) {
         struct rdir *d = &r->dirs[j];
         int del_under = 0, put_under = 0;
-        size_t created_under = 0;
         for (size_t i = 0; i < r->n; i++) {
             const struct queue_item *it = r->g[i];
             if (!has_prefix(it->key, it->key_len, d->key, d->kl)) continue;
@@ -333,38 +328,34 @@ static int classify_dirs(struct rp *r) {
                 del_under = 1;
             } else {
                 put_under = 1;
-                if (it->created) created_under++;
             }
         }
-        /* Keys below d now that this transaction did not create existed
-         * before it. */
+        /* The store may be past this revision (rev). A key below d now
+         * whose create_revision is below rev existed before the
+         * transaction; one at or below rev exists after it (it has existed
+         * ever since); later ones are another transaction's. */
+        int64_t rev = r->g[0]->revision;
         char *e;
         size_t el;
         if (fs__prefix_end(d->key, d->kl, &e, &el) < 0) return -ENOMEM;
         struct fs_kv *kvs = NULL;
         size_t n = 0;
         int more = 0;
-        int rc = fs->be.range(fs->be.data, d->key, d->kl, e, el, created_under + 16, 1,
-                              &kvs, &n, &more);
+        int rc = fs->be.range(fs->be.data, d->key, d->kl, e, el, FS__REPLAY_DIR_KEYS, 1, &kvs,
+                              &n, &more);
         free(e);
         if (rc < 0) return rc;
-        int other = 0;
-        for (size_t a = 0; a < n && !other; a++) {
-            int mine = 0;
-            for (size_t i = 0; i < r->n && !mine; i++) {
-                const struct queue_item *it = r->g[i];
-                mine = it->type == FS_CHANGE_PUT && it->created &&
-                       it->key_len == kvs[a].key_len &&
-                       memcmp(it->key, kvs[a].key, it->key_len) == 0;
-            }
-            other = !mine && !queued_later(fs, 0, kvs[a].key, kvs[a].key_len);
+        int older = 0, at_rev = 0;
+        for (size_t a = 0; a < n; a++) {
+            older |= kvs[a].create_revision < rev;
+            at_rev |= kvs[a].create_revision <= rev;
         }
+        if (more && !at_rev) older = at_rev = 1; /* not seen: leave d alone */
         int any_now = n > 0;
         fs_kv_array_free(kvs, n);
-        int before = del_under || other;
+        int before = del_under || older;
         d->created = !before && put_under && any_now;
-        d->removed = del_under && !put_under && !any_now &&
-                     !queued_later(fs, 1, d->key, d->kl);
+        d->removed = del_under && !put_under && !at_rev && !delete_queued(fs, d->key, d->kl);
         d->held_before = fs__ino_peek(fs, 1, d->key, d->kl) != 0;
     }
     if (r->nd > 1) qsort(r->dirs, r->nd, sizeof *r->dirs, dir_order);

@@ -4,6 +4,7 @@
 # without a quorum fails instead of serving possibly stale data.
 
 load helpers
+load etcd_helpers
 
 setup() {
   cluster_setup
@@ -11,11 +12,6 @@ setup() {
 
 teardown() {
   cluster_teardown
-}
-
-ectl() { # N args...: etcdctl against node N
-  local n=$1; shift
-  in_ns etcdctl --endpoints "http://$(node_ip "$n"):2379" --command-timeout 5s "$@"
 }
 
 @test "with --mount-consistency=linearizable a read on node 2 sees a write acknowledged on node 1, and fails without quorum" {

@@ -15,15 +15,8 @@ setup() {
 }
 
 teardown() {
-  local pid
-  while read -r pid; do [ -n "$pid" ] && bg_stop "$pid"; done <"$QFS_TMP/bg.pids"
+  bg_stop_all
   cluster_teardown
-}
-
-# ectl I ARGS...: etcdctl against node I, from inside the namespace.
-ectl() {
-  local i=$1; shift
-  in_ns timeout 30 "$ETCDCTL_BIN" --endpoints="http://$(node_ip "$i"):2379" "$@"
 }
 
 has_value() { [ "$(cat "$1/$2" 2>/dev/null)" = "$3" ]; }

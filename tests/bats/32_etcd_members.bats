@@ -25,10 +25,7 @@ setup() {
 }
 
 teardown() {
-  local pid
-  if [ -n "${QFS_TMP:-}" ] && [ -f "$QFS_TMP/bg.pids" ]; then
-    while read -r pid; do [ -n "$pid" ] && bg_stop "$pid"; done <"$QFS_TMP/bg.pids"
-  fi
+  bg_stop_all
   cluster_teardown
 }
 
@@ -56,13 +53,6 @@ m_restart() {
   flags=$(cat "$QFS_TMP/n$i/flags")
   # shellcheck disable=SC2086 # the flags hold no spaces
   m_start "$i" $flags
-}
-
-# ectl I ARGS...: etcdctl against member I's client URL, in the namespace.
-ectl() {
-  local i=$1; shift
-  in_ns timeout 30 "$ETCDCTL_BIN" --endpoints="http://$(node_ip "$i"):2379" \
-    --dial-timeout=2s --command-timeout=5s "$@"
 }
 
 # healthy I: member I answers a linearizable read (it has a leader and its

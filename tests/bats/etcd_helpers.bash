@@ -135,11 +135,26 @@ bg_stop() {
   return 0
 }
 
-diff_teardown() {
-  local pid s
+# bg_stop_all: bg_stop for every process bg_add remembered.
+bg_stop_all() {
+  local pid
   if [ -n "${QFS_TMP:-}" ] && [ -f "$QFS_TMP/bg.pids" ]; then
     while read -r pid; do [ -n "$pid" ] && bg_stop "$pid"; done <"$QFS_TMP/bg.pids"
   fi
+  return 0
+}
+
+# ectl I ARGS...: etcdctl against cluster member I (helpers.bash's
+# namespace and addresses), from inside the namespace.
+ectl() {
+  local i=$1; shift
+  in_ns timeout 30 "$ETCDCTL_BIN" --endpoints="http://$(node_ip "$i"):2379" \
+    --dial-timeout=2s --command-timeout=5s "$@"
+}
+
+diff_teardown() {
+  local s
+  bg_stop_all
   if [ -n "${QFS_DIFF_OUT:-}" ] && [ -n "${QFS_TMP:-}" ]; then
     mkdir -p "$QFS_DIFF_OUT"
     cp "$QFS_TMP"/out.* "$QFS_DIFF_OUT"/ 2>/dev/null || true
