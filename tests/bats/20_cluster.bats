@@ -200,7 +200,9 @@ ec() { in_ns timeout 20 etcdctl --command-timeout 3s --endpoints "http://$(node_
   [[ "$output" == *"Read-only file system"* ]]
   [ ! -e "$(mnt 1)/learner" ]
   id=$(ec 1 member list | awk -F', ' '$3 == "n3" { print $1 }')
-  ec 1 member promote "$id"
+  # etcd promotes a learner only once it is in sync with the leader
+  # ("can only promote a learner member which is in sync with leader").
+  wait_until 30 ec 1 member promote "$id" >/dev/null 2>&1 || ec 1 member promote "$id"
   wait_until 10 bash -c "printf 'v\n' | dd of='$(mnt 3)/learner' status=none 2>/dev/null"
   wait_until 10 has_value "$(mnt 1)" learner v
   ! ec 3 endpoint status -w json | grep -q '"isLearner":true'
