@@ -94,7 +94,7 @@ struct node {
     uv_loop_t loop;
     uv_timer_t tick_timer;
     uv_async_t wake;
-    uv_signal_t sig_int, sig_term;
+    uv_signal_t sig_int, sig_term, sig_hup;
     uv_async_t fs_exited;
 
     /* The store. Readers on other threads hold store_lock shared; the loop
@@ -1413,7 +1413,9 @@ static int start_mount(struct node *n) {
 
 static void signal_cb(uv_signal_t *s, int signum) {
     struct node *n = s->data;
-    logf_("received %s, stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    logf_("received %s, stopping", signum == SIGINT    ? "SIGINT"
+                                   : signum == SIGTERM ? "SIGTERM"
+                                                       : "SIGHUP");
     pthread_mutex_lock(&n->mu);
     n->stopping = true;
     pthread_mutex_unlock(&n->mu);
@@ -1655,6 +1657,9 @@ int server_run(const struct server_config *cfg) {
     n->sig_term.data = n;
     uv_signal_start(&n->sig_int, signal_cb, SIGINT);
     uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
+    uv_signal_init(&n->loop, &n->sig_hup);
+    n->sig_hup.data = n;
+    uv_signal_start(&n->sig_hup, signal_cb, SIGHUP);
     uv_timer_start(&n->tick_timer, tick_cb, cfg->heartbeat_interval_ms,
                    cfg->heartbeat_interval_ms);
     process(n);
