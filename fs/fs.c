@@ -1071,6 +1071,7 @@ int fs_run(struct fs *fs) {
     for (; n_workers < fs->opt.threads_max; n_workers++)
         if (pthread_create(&workers[n_workers], NULL, worker_main, fs) != 0) break;
     if (n_workers == 0) rc = -EAGAIN;
+    if (rc == 0 && fs->opt.mounted_cb) fs->opt.mounted_cb(fs->opt.mounted_arg);
     for (unsigned i = 0; i < n_workers; i++) pthread_join(workers[i], NULL);
     free(workers);
     fuse_session_exit(se);

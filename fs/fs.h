@@ -212,6 +212,12 @@ struct fs_backend {
      * -ECANCELED); or returns a negative errno and never calls cb. Callable
      * from any thread; must not wait. */
     int (*read_barrier)(void *data, void (*cb)(void *arg, int err), void *arg);
+
+    /* Optional (may be NULL): 1 while the backend is in touch with the
+     * cluster and its state is current, 0 while it serves a possibly stale
+     * copy (a client mount with no endpoint answering). Shown as the mount
+     * root's extended attribute user.quorumfs.connected. Any thread. */
+    int (*connected)(void *data);
 };
 
 /* ------------------------------------------------------------------------ */
@@ -252,6 +258,11 @@ struct fs_options {
     int linearizable_open;   /* open(2) of a file waits for be.read_barrier, so
                                 it reads every write committed before it on
                                 any node; default 0 (the local applied state) */
+    /* Optional: called once by fs_run, on its thread, when the mount is up
+     * and served (before that, a stat of the mountpoint still shows the
+     * directory below it). Must not call back into fs. */
+    void (*mounted_cb)(void *arg);
+    void *mounted_arg;
 };
 
 /* Fills opt with the defaults above (mountpoint NULL). */

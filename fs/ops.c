@@ -1736,6 +1736,8 @@ static const char *const file_xattrs[] = {XATTR_PREFIX "create_revision",
                                           XATTR_PREFIX "mod_revision",
                                           XATTR_PREFIX "version", XATTR_PREFIX "lease"};
 static const char dir_xattr[] = XATTR_PREFIX "revision";
+/* On the mount root only, when the backend tells (client mounts). */
+static const char root_xattr_connected[] = XATTR_PREFIX "connected";
 
 static void reply_xattr_value(fuse_req_t req, size_t size, const char *v, size_t vl) {
     if (size == 0)
@@ -1751,7 +1753,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
     struct inode *in = fs__ino(fs, ino);
     char v[32];
     int64_t x = 0;
-    if (in->is_dir) {
+    if (in->is_dir && ino == FUSE_ROOT_ID && fs->be.connected &&
+        strcmp(name, root_xattr_connected) == 0) {
+        x = fs->be.connected(fs->be.data) ? 1 : 0;
+    } else if (in->is_dir) {
         if (strcmp(name, dir_xattr) != 0) {
             fuse_reply_err(req, ENODATA);
             return;
@@ -1794,6 +1799,10 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     if (in->is_dir) {
         memcpy(list, dir_xattr, sizeof dir_xattr);
         n = sizeof dir_xattr;
+        if (ino == FUSE_ROOT_ID && fs->be.connected) {
+            memcpy(list + n, root_xattr_connected, sizeof root_xattr_connected);
+            n += sizeof root_xattr_connected;
+        }
     } else {
         for (int i = 0; i < 4; i++) {
             size_t l = strlen(file_xattrs[i]) + 1;

@@ -456,8 +456,13 @@ static inline void mb_free(struct memback *mb) {
 }
 
 static inline struct fs_backend mb_backend(struct memback *mb) {
-    struct fs_backend be = {mb,        mb_get,   mb_range,       mb_revision,
-                            mb_submit, mb_usage, mb_read_barrier};
+    struct fs_backend be = {.data = mb,
+                            .get = mb_get,
+                            .range = mb_range,
+                            .revision = mb_revision,
+                            .submit = mb_submit,
+                            .usage = mb_usage,
+                            .read_barrier = mb_read_barrier};
     return be;
 }
 
