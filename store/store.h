@@ -625,6 +625,173 @@ uint64_t store_memdb_unsynced(struct store_memdb *m);
 /* Write batches committed so far (all of them, synced or not). */
 uint64_t store_memdb_writes(struct store_memdb *m);
 
+/* ---------------------------------------------------------------- client cache */
+
+/*
+ * The local copy a client mount keeps of a remote etcd/quorumfs key space
+ * (filled by a Range, then kept up to date by a Watch). Not an MVCC store:
+ * it holds the latest version of each remote key exactly as the remote
+ * reported it, the remote revision the copy is complete up to, and a few
+ * named opaque meta blobs (cluster id, mirrored prefix, ...).
+ *
+ * Threads: one writer thread calls store_cache_apply, store_cache_meta_put,
+ * the store_cache_reload_* functions and store_cache_close. Any number of
+ * reader threads may call store_cache_revision, store_cache_get,
+ * store_cache_range and store_cache_meta_get concurrently with it; each
+ * get or range sees the copy as of exactly one revision (a snapshot taken
+ * together with the revision), never part of an apply or a reload.
+ *
+ * Durability: every apply and every reload commit is one atomic write
+ * batch that also records the new revision. They are not synced: a crash
+ * may lose a suffix of them, and the copy then is exactly the copy as of
+ * an earlier revision, from which the client resumes its watch (revision
+ * + 1). store_cache_meta_put is synced.
+ *
+ * Layout (its own RocksDB directory, or its own in-memory database):
+ *   default  "cache" -> format (u32), active slot (u32), revision (u64)
+ *            "meta/" name -> blob
+ *   kv       slot (1 byte) || remote key -> record (as the store's kv
+ *            records). Two slots: readers and applies use the active one;
+ *            a reload stages the remote's state in the other one and its
+ *            commit switches slots and drops the old one in one small
+ *            batch, so neither a reload's pages nor its commit need memory
+ *            in proportion to the key space.
+ */
+struct store_cache;
+struct store_cache_reload;
+
+/* Longest meta name (bytes, without the NUL) and largest meta blob. */
+#define STORE_CACHE_META_NAME_MAX 128u
+#define STORE_CACHE_META_BYTES_MAX (1u << 20)
+/* Largest value the cache accepts (etcd bounds values by its request size). */
+#define STORE_CACHE_VALUE_BYTES_MAX STORE_REQUEST_BYTES_MAX
+
+/*
+ * Opens the cache in dir (a RocksDB directory, created if missing), or in
+ * mem when mem is not NULL (borrowed; must outlive the cache; dir is then
+ * ignored). *out on success; on failure a description goes to
+ * err[0..errlen) (err may be NULL) and *out is untouched. A directory
+ * whose kv column family holds data but no cache record (not a cache) is
+ * refused with STORE_ECORRUPT. Start-up reads two records.
+ */
+int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cache **out,
+                     char *err, size_t errlen);
+/* Closes and frees c (NULL is fine). Writer thread; no reader may still be
+ * inside c and no reload may be open. */
+void store_cache_close(struct store_cache *c);
+
+/* The remote revision the copy is complete up to; 0 = never loaded. Any
+ * thread. */
+int64_t store_cache_revision(struct store_cache *c);
+
+/*
+ * One key (STORE_EKEYEMPTY if klen is 0): out->n_kvs is 0 or 1,
+ * out->revision the cache revision the read saw, out->count = n_kvs.
+ * Any thread. *out is filled on success (and zeroed on failure); release
+ * it with store_range_result_release. Its memory does not depend on c.
+ */
+int store_cache_get(struct store_cache *c, const void *key, size_t klen,
+                    struct store_range_result *out);
+/*
+ * Keys in [start, end) in key order. start may be empty (from the first
+ * key); end_len 0 (end may be NULL) or end = "\0" (one zero byte) means no
+ * upper bound. limit 0 = no limit (the whole range is copied: the caller
+ * bounds it); with a limit, at most limit kvs and out->more says whether
+ * keys of the range were left out; the next page starts at the last key
+ * followed by a zero byte. keys_only: values are not copied (value.base
+ * NULL) but value.len is still the value's length. out->count is n_kvs,
+ * or -1 when more is set (not counted). out->revision is the cache
+ * revision the read saw. Any thread; release with
+ * store_range_result_release.
+ */
+int store_cache_range(struct store_cache *c, const void *start, size_t start_len,
+                      const void *end, size_t end_len, size_t limit, bool keys_only,
+                      struct store_range_result *out);
+
+/* Meta blob `name` (NUL-terminated, 1..STORE_CACHE_META_NAME_MAX bytes):
+ * *blob malloc'ed (the caller frees it; non-NULL also for an empty blob),
+ * STORE_EKEYNOTFOUND if never stored. Any thread; reads the latest
+ * committed state. */
+int store_cache_meta_get(struct store_cache *c, const char *name, void **blob, size_t *len);
+/* Stores blob[0..len) (copied) as meta `name`, synced. Writer thread.
+ * STORE_EINVAL for a bad name, STORE_ETOOLARGE beyond
+ * STORE_CACHE_META_BYTES_MAX. */
+int store_cache_meta_put(struct store_cache *c, const char *name, const void *blob, size_t len);
+
+/* One change from the remote's watch. PUT: the full kv as the remote
+ * reported it (non-empty key, 1 <= create_revision <= mod_revision <=
+ * the apply's revision, version >= 1). DELETE: kv.key (mod_revision, the
+ * deleting revision, is not needed and not checked). */
+struct store_cache_change {
+    enum store_event_type type;
+    struct store_kv kv;
+};
+
+/*
+ * Applies ch[0..n) in order (a later change of the same key wins) and sets
+ * the revision to `revision`, atomically. Writer thread, not while a
+ * reload is open. A non-empty batch needs revision > the current one (the
+ * client applies whole revisions: a resumed watch starts after it); an
+ * empty one revision >= current (a progress notification). Otherwise, or
+ * for a malformed change, STORE_EINVAL (STORE_EKEYEMPTY,
+ * STORE_EKEYTOOLARGE, STORE_ETOOLARGE for keys and values) and nothing
+ * changes. ch and its bytes are borrowed for the call only. On a write
+ * error (STORE_EIO, STORE_EFAULT) the copy is exactly as before.
+ */
+int store_cache_apply(struct store_cache *c, const struct store_cache_change *ch, size_t n,
+                      int64_t revision);
+
+/*
+ * A full reload (first load, or the remote compacted past our revision):
+ *
+ *   begin(revision >= 1); page(...) * N; [meta_put(...)]; commit or abort
+ *
+ * Pages carry the remote's complete state at `revision`, in strictly
+ * increasing key order across all pages (else STORE_EINVAL for that page,
+ * which is then not staged; the session stays open). Each page is
+ * written to the inactive slot as it arrives (one unsynced batch per
+ * page), so memory is bounded by one page. Readers see the old copy until
+ * commit. store_cache_reload_meta_put stages a meta blob that the commit
+ * writes in its batch (e.g. a new cluster id with the new content).
+ *
+ * store_cache_reload_commit switches to the new state and sets the revision
+ * in one small batch, then, if diff_cb is not NULL, walks the old and the
+ * new state side by side and calls diff_cb once per key that was created,
+ * deleted or modified (its stored record differs: mod_revision, value or
+ * any other field), in key order, with the new kv (the old one for
+ * DELETED). The kv and its bytes are valid during the call only. The
+ * callbacks run after the commit, on the writer thread: readers already
+ * see the new state. Returns 0, or the error of the commit (nothing
+ * changed, no callback), or an I/O error of the walk (the copy was
+ * replaced, store_cache_revision says so, but not every difference was
+ * reported). Frees r in every case. store_cache_reload_abort discards r
+ * and what it staged; the copy stays as it was.
+ *
+ * Writer thread; one session at a time; no store_cache_apply while a
+ * session is open (store_cache_meta_put is fine). The revision may be
+ * lower than the current one (a different remote). Errors of
+ * store_cache_reload_begin: STORE_EINVAL, STORE_ENOMEM, write errors.
+ */
+int store_cache_reload_begin(struct store_cache *c, int64_t revision,
+                             struct store_cache_reload **out);
+/* kvs[0..n) borrowed for the call; each checked as a PUT change of an
+ * apply at the reload's revision. n may be 0. */
+int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv *kvs, size_t n);
+int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name,
+                                const void *blob, size_t len);
+
+enum store_cache_diff {
+    STORE_CACHE_CREATED = 1,
+    STORE_CACHE_MODIFIED = 2,
+    STORE_CACHE_DELETED = 3,
+};
+
+int store_cache_reload_commit(struct store_cache_reload *r,
+                              void (*diff_cb)(void *arg, enum store_cache_diff kind,
+                                              const struct store_kv *kv),
+                              void *arg);
+void store_cache_reload_abort(struct store_cache_reload *r);
+
 /*
  * Layout (one RocksDB database, column families; integers big-endian in
  * keys so that byte order is numeric order, little-endian in values):
