@@ -585,6 +585,10 @@ int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv 
     }
     if (rc != 0 || n == 0) return rc;
 
+    /* Room for the page's last key first: once the page is staged,
+     * remembering it cannot fail. */
+    const struct store_bytes *lk = &kvs[n - 1].key;
+    if ((rc = store__buf_reserve(&r->last, lk->len)) != 0) return rc;
     struct store__batch *w = NULL;
     if ((rc = ops->batch_new(c->be, &w)) != 0) return rc;
     for (size_t i = 0; i < n && rc == 0; i++) {
@@ -596,12 +600,12 @@ int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv 
     if (rc == 0) rc = ops->batch_commit(c->be, w, false);
     ops->batch_free(w);
     if (rc != 0) return rc;
+    STORE_ASSERT(r->last.cap >= lk->len);
     r->last.len = 0;
-    rc = store__buf_append(&r->last, kvs[n - 1].key.base, kvs[n - 1].key.len);
-    /* Out of memory here leaves the page staged but `last` unknown; the
-     * caller aborts on any error, as it would for a write error. */
-    r->any = rc == 0;
-    return rc;
+    rc = store__buf_append(&r->last, lk->base, lk->len);
+    STORE_ASSERT(rc == 0);
+    r->any = true;
+    return 0;
 }
 
 int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name,

@@ -761,7 +761,8 @@ int store_cache_apply(struct store_cache *c, const struct store_cache_change *ch
  * any other field), in key order, with the new kv (the old one for
  * DELETED). The kv and its bytes are valid during the call only. The
  * callbacks run after the commit, on the writer thread: readers already
- * see the new state. Returns 0, or the error of the commit (nothing
+ * see the new state. diff_cb may read the cache but must not call its
+ * writer functions (the session is still open while it runs). Returns 0, or the error of the commit (nothing
  * changed, no callback), or an I/O error of the walk (the copy was
  * replaced, store_cache_revision says so, but not every difference was
  * reported). Frees r in every case. store_cache_reload_abort discards r

@@ -884,9 +884,11 @@ static void conc_run(bool rocks, int64_t revs) {
     for (int64_t rev = 1; rev <= revs && rc == 0; rev++) rc = conc_write(t.c, rev, rev % 10 == 3);
     atomic_store(&x.stop, true);
     for (int i = 0; i < CONC_READERS; i++) pthread_join(th[i], NULL);
+    int bad = atomic_load(&x.bad);
+    long reads = atomic_load(&x.reads);
     ASSERT_EQ(rc, 0);
-    ASSERT_EQ(atomic_load(&x.bad), 0);
-    ASSERT_GT(atomic_load(&x.reads), 0);
+    ASSERT_EQ(bad, 0);
+    ASSERT_GT(reads, 0);
     ASSERT_EQ(store_cache_revision(t.c), revs);
     tc_close(&t);
 }
