@@ -353,11 +353,11 @@ static int file_attr(struct fs *fs, fuse_ino_t ino, struct inode *in, struct fh 
     }
     if (rc < 0) return rc;
     if (fh != NULL) {
+        /* fstat(2) on a handle: the size of the version it reads (or of
+         * what it has written), not of whatever the key holds now. */
         pthread_mutex_lock(&fh->lock);
-        if (fh->dirty) {
-            kv.value_len = fh->len;
-            kv.mtime_ns = fh->write_ns;
-        }
+        kv.value_len = fh->len;
+        if (fh->dirty) kv.mtime_ns = fh->write_ns;
         pthread_mutex_unlock(&fh->lock);
     }
     fs__attr_of_kv(fs, ino, 0, &kv, st);
@@ -538,6 +538,7 @@ static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
         op->fh->ino = in;
         op->fi.fh = (uint64_t)(uintptr_t)op->fh;
         op->fi.keep_cache = 0;
+        op->fi.direct_io = 1; /* as open_body */
         r = fuse_reply_create(op->req, &e, &op->fi);
         if (r != 0) fh_free(op->fh);
     } else {
@@ -1345,16 +1346,18 @@ static void open_body(fuse_req_t req, struct inode *in, struct fuse_file_info *f
     fh->mode = kv.mode ? kv.mode : S_IFREG | fs->opt.file_mode;
     fh->uid = kv.mode ? kv.uid : fs->opt.uid;
     fh->gid = kv.mode ? kv.gid : fs->opt.gid;
-    int keep = 0;
-    pthread_mutex_lock(&fs->ino_lock);
-    if (!trunc && in->cache_rev == kv.mod_revision)
-        keep = 1;
-    else
-        in->cache_rev = trunc ? 0 : kv.mod_revision;
-    pthread_mutex_unlock(&fs->ino_lock);
+    /* Whole reads: every read(2) of this open file is served from the
+     * version fh holds, never from the page cache, whose size the kernel
+     * may have taken from another version's attributes (a read cut to the
+     * old length, or old bytes past the new end). Private mmap and exec
+     * still work; shared writable mmap does not (ENODEV). fstat(2) is not
+     * tied to the handle: the kernel sends GETATTR for it without the file
+     * handle (fuse_getattr), so it shows the key's current size. */
+    (void)trunc;
+    fi->direct_io = 1;
     fs_kv_clear(&kv);
     fi->fh = (uint64_t)(uintptr_t)fh;
-    fi->keep_cache = keep;
+    fi->keep_cache = 0;
     if (fuse_reply_open(req, fi) != 0) fh_free(fh);
 }
 

@@ -1249,3 +1249,55 @@ MOUNT_TEST(reset_drops_every_cache, long_cache) {
     ASSERT_FILE(P(m, "a"), "one-changed");
     ASSERT_FILE(P(m, "d/c"), "three");
 }
+
+/* Whole reads: while another writer changes a key between values of
+ * different lengths, every open-read-close sees exactly one of the values.
+ * Long attribute timeouts make a stale cached size as likely as it gets. */
+static const char *const torn_values[] = {"a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+                                          "cccccccccccc", "dddddddddddddddddddddddddddddddddddddddd"};
+
+struct torn_writer {
+    struct memback *mb;
+    atomic_int stop;
+};
+
+static void *torn_writer_main(void *arg) {
+    struct torn_writer *w = arg;
+    for (unsigned i = 0; !atomic_load(&w->stop); i++) {
+        mb_puts(w->mb, "/t", torn_values[i % 4]);
+        if (i % 16 == 0) sleep_ms(1);
+    }
+    return NULL;
+}
+
+MOUNT_TEST(reads_are_never_torn, long_cache) {
+    mb_puts(m->mb, "/t", torn_values[0]);
+    struct torn_writer w = {m->mb, 0};
+    pthread_t thr;
+    ASSERT_EQ(pthread_create(&thr, NULL, torn_writer_main, &w), 0);
+    int bad = 0, reads = 0;
+    char first_bad[256] = "";
+    int64_t deadline = now_ms() + 3000;
+    while (now_ms() < deadline && reads < 20000) {
+        int fd = open(P(m, "t"), O_RDONLY);
+        if (fd < 0) continue;
+        char buf[128];
+        size_t n = 0;
+        ssize_t r;
+        while ((r = read(fd, buf + n, 7)) > 0) n += (size_t)r; /* several reads */
+        close(fd);
+        buf[n] = '\0';
+        int ok = 0;
+        for (int i = 0; i < 4; i++) ok |= strcmp(buf, torn_values[i]) == 0;
+        if (!ok) {
+            if (!bad) snprintf(first_bad, sizeof first_bad, "'%.64s'", buf);
+            bad++;
+        }
+        reads++;
+    }
+    atomic_store(&w.stop, 1);
+    pthread_join(thr, NULL);
+    if (bad) fprintf(stderr, "  %d of %d reads torn, first %s\n", bad, reads, first_bad);
+    ASSERT_EQ(bad, 0);
+    ASSERT_EQ(reads > 100, 1);
+}
