@@ -30,7 +30,9 @@ PY
 qfs_start() {
   local name=$1; shift
   local dir=$QFS_TMP/$name
-  mkdir -p "$dir/mnt"
+  # A disconnected mount left by kill -9 fails mkdir's stat: the node
+  # detaches it itself.
+  mkdir -p "$dir/mnt" 2>/dev/null || true
   local cport pport
   # A restart keeps its ports: the member id derives from the peer URL.
   if [ -f "$dir/ports" ]; then
@@ -92,8 +94,10 @@ qfs_teardown_keep_ns() {
   for d in "$QFS_TMP"/*/; do
     [ -d "$d" ] && qfs_kill "$(basename "$d")" KILL
   done
-  for d in "$QFS_TMP"/*/mnt; do
-    fusermount3 -uz "$d" 2>/dev/null || umount -l "$d" 2>/dev/null || true
+  # Every node's mount, also a disconnected one (which a */mnt glob would
+  # not match: stat fails on it).
+  for d in "$QFS_TMP"/*/; do
+    fusermount3 -uz "${d}mnt" 2>/dev/null || umount -l "${d}mnt" 2>/dev/null || true
   done
   return 0
 }
