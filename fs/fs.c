@@ -320,6 +320,56 @@ void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len,
     pthread_mutex_unlock(&fs->ino_lock);
 }
 
+int fs__ino_pending(struct fs *fs, const char *k, size_t kl, struct fs_kv *kv) {
+    uint64_t h = key_hash(0, k, kl);
+    memset(kv, 0, sizeof *kv);
+    pthread_mutex_lock(&fs->ino_lock);
+    struct inode *in = table_find(fs, 0, k, kl, h);
+    int p = in != NULL && in->pending > 0;
+    if (p) {
+        kv->mode = in->pmode;
+        kv->uid = in->puid;
+        kv->gid = in->pgid;
+        kv->mtime_ns = in->pmtime_ns;
+    }
+    pthread_mutex_unlock(&fs->ino_lock);
+    return p;
+}
+
+void fs__ino_pending_unexcl(struct fs *fs, const char *k, size_t kl) {
+    uint64_t h = key_hash(0, k, kl);
+    pthread_mutex_lock(&fs->ino_lock);
+    struct inode *in = table_find(fs, 0, k, kl, h);
+    if (in != NULL) in->pexcl = 0;
+    pthread_mutex_unlock(&fs->ino_lock);
+}
+
+int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr,
+                        int to_set, struct fs_kv *kv) {
+    memset(kv, 0, sizeof *kv);
+    pthread_mutex_lock(&fs->ino_lock);
+    int p = in->pending > 0;
+    if (p) {
+        if (to_set & FUSE_SET_ATTR_MODE)
+            in->pmode = (in->pmode & S_IFMT) | (attr->st_mode & 07777);
+        if (to_set & FUSE_SET_ATTR_UID) in->puid = attr->st_uid;
+        if (to_set & FUSE_SET_ATTR_GID) in->pgid = attr->st_gid;
+        if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+            in->pmtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW)
+                                ? fs__now_ns()
+                                : (int64_t)attr->st_mtim.tv_sec * 1000000000 +
+                                      attr->st_mtim.tv_nsec;
+            in->meta_set_ns = fs__now_ns();
+        }
+        kv->mode = in->pmode;
+        kv->uid = in->puid;
+        kv->gid = in->pgid;
+        kv->mtime_ns = in->pmtime_ns;
+    }
+    pthread_mutex_unlock(&fs->ino_lock);
+    return p;
+}
+
 char *fs__ino_key(struct fs *fs, struct inode *in, size_t *len) {
     pthread_mutex_lock(&fs->ino_lock);
     char *k = malloc(in->key_len + 1);
@@ -698,11 +748,26 @@ int fs_notify_change(struct fs *fs, const struct fs_change *c) {
     it->local = c->local;
     it->more = c->more;
     it->revision = c->revision;
+    it->reset = 0;
+    it->drop = 0;
+    it->meta_only = c->type == FS_CHANGE_PUT && !c->created && c->meta_only;
     it->key_len = c->key_len;
     if (c->key_len) memcpy(it->key, c->key, c->key_len);
     it->key[c->key_len] = '\0';
     inval_push(fs, it);
     return 0;
+}
+
+void fs__drop_entry(struct fs *fs, const char *key, size_t key_len) {
+    if (atomic_load(&fs->state) != FS__RUNNING) return;
+    struct queue_item *it = calloc(1, sizeof *it + key_len + 1);
+    if (it == NULL) return; /* the dentry then expires by entry_timeout_ms */
+    it->type = FS_CHANGE_DELETE;
+    it->local = 1; /* nothing to replay: the store never had it */
+    it->drop = 1;
+    it->key_len = key_len;
+    memcpy(it->key, key, key_len);
+    inval_push(fs, it);
 }
 
 /* Invalidates the dentry spelled for component raw in directory d, if the
@@ -735,7 +800,7 @@ static void inval_key(struct fs *fs, struct fuse_session *se, const struct queue
      * ancestor is (an implicit directory appears or vanishes, a file becomes
      * a directory), so each level's dentry is dropped. Changes made through
      * this mount were already reflected by the kernel itself. */
-    if (it->local || !(it->type == FS_CHANGE_DELETE || it->created)) return;
+    if ((it->local && !it->drop) || !(it->type == FS_CHANGE_DELETE || it->created)) return;
     if (kl < fs->prefix_len) { /* the root's own value key */
         inval_name(fs, se, fs->prefix, fs->prefix_len, NULL, 0, 1);
         return;

@@ -316,6 +316,11 @@ struct fs_change {
                          the next call: the replay thread sees one
                          transaction whole (a rename is a delete and a put
                          at one revision). 0 is always safe. */
+    int meta_only;    /* FS_CHANGE_PUT of an existing key: 1 if the value bytes
+                         did not change, only the metadata (chmod, chown,
+                         touch): replayed as chmod/chown/utimensat (IN_ATTRIB)
+                         instead of a write. 0 is always safe (replayed as a
+                         write). */
 };
 
 /* Tells fs that a change was applied (any origin: this mount, a gRPC client,

@@ -52,6 +52,14 @@ struct inode {
                           was last filled from (keep_cache); ino_lock */
     int64_t meta_set_ns; /* wall clock of the last explicit mtime set through
                             this mount; ino_lock */
+    /* A file created through this mount whose first put has not happened
+     * yet exists only here (see "pending files" in ops.c): pending counts
+     * the creating handles not yet put; the metadata it will be put with
+     * (chmod/chown/utimens before the first put change these). ino_lock. */
+    uint32_t pending;
+    int pexcl; /* created with O_EXCL: the first put compares "absent" */
+    uint32_t pmode, puid, pgid;
+    int64_t pmtime_ns; /* 0: the time of the last write */
 };
 
 /* Every open file and directory is on fs->handles, so that handles whose
@@ -75,9 +83,8 @@ struct fh {
     char *buf;
     size_t len, cap;
     int dirty;          /* 0 clean; FH_DIRTY_DATA written; FH_DIRTY_TRUNC only
-                           truncated by open(O_TRUNC), put at release/fsync
-                           so that the flush of a dup'ed descriptor closed
-                           before the writes ("echo v > f") puts nothing */
+                           truncated by open(O_TRUNC) (both put as in
+                           put_handle in ops.c) */
     int failed;         /* a write failed (EFBIG): nothing of this handle is
                            put, and flush reports the error */
     int replay;         /* opened by the replay thread: writes are dropped,
@@ -85,6 +92,14 @@ struct fh {
     int append;         /* O_APPEND */
     int64_t write_ns;   /* wall clock of the last write/truncate */
     uint32_t mode, uid, gid; /* metadata when opened (used if the key vanished) */
+    int creating;       /* created by this handle, not in the store before its
+                           first put (counted in ino->pending until then) */
+    int put_once;       /* a put of this handle was applied */
+    int have_last;      /* last_sha/last_len describe the last applied put */
+    size_t last_len;
+    unsigned char last_sha[32];
+    pid_t opener;       /* thread group that opened it (0: unknown); only its
+                           close (flush) puts, see put_handle */
 };
 
 /* An open directory: the raw names of the children emitted so far, in
@@ -159,12 +174,17 @@ struct op {
     char *value;       /* setattr: the value put */
     size_t value_len;
     int64_t mtime_ns;  /* the metadata put */
+    size_t put_len;    /* flush/fsync/release: the bytes put (length, SHA-256) */
+    unsigned char put_sha[32];
+    int put_first;     /* the first put of a creating handle */
 };
 
 struct queue_item {
     struct queue_item *next;
     enum fs_change_type type;
     int reset; /* fs_notify_reset: every held inode, no key */
+    int drop;  /* a pending file abandoned unput: drop its dentry (never replayed) */
+    int meta_only; /* fs_change.meta_only */
     int created, local, more;
     int64_t revision;
     size_t key_len;
@@ -260,6 +280,15 @@ void fs__ino_detach(struct fs *fs, int is_dir, const char *key, size_t key_len);
 /* After a rename from src to dst: moves every inode at or below src. */
 void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len,
                    const char *dst, size_t dst_len);
+/* Whether file key k is a pending file of this mount (a created file not
+ * put yet); if so fills kv's metadata (no key, no value, size 0). */
+int fs__ino_pending(struct fs *fs, const char *k, size_t kl, struct fs_kv *kv);
+/* Clears pexcl of the pending file k (renamed over an existing key). */
+void fs__ino_pending_unexcl(struct fs *fs, const char *k, size_t kl);
+/* Applies chmod/chown/utimens (FUSE_SET_ATTR_* bits of to_set) to pending
+ * inode in; returns 1 and its metadata in kv, or 0 if in is not pending. */
+int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr,
+                        int to_set, struct fs_kv *kv);
 /* Copies the inode's key (caller frees). */
 char *fs__ino_key(struct fs *fs, struct inode *in, size_t *len);
 
@@ -300,6 +329,10 @@ void fs__handle_del(struct hnode *h);
 /* The smallest string above every string with prefix p (malloc()ed; *e
  * NULL when there is none). 0 or -ENOMEM. */
 int fs__prefix_end(const char *p, size_t pl, char **e, size_t *el);
+
+/* Queues the invalidation of the dentry of a pending file given up with
+ * nothing put (the kernel would keep showing the name). */
+void fs__drop_entry(struct fs *fs, const char *key, size_t key_len);
 
 /* ops.c: metadata and value length of key k (value not fetched): 0,
  * -ENOENT or -errno; *out to be cleared with fs_kv_clear. */

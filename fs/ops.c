@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include "fs/fs_core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -276,6 +277,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         }
     }
     if (kind < 0) kind = child_kind(fs, &c, &kv);
+    if (kind == 0 && !fs__is_replay(fs, req) && fs__ino_pending(fs, c.fkey, c.fkl, &kv))
+        kind = 1; /* created here, not put yet: an empty file */
     if (kind == 0 && fs__is_replay(fs, req) && !c.is_value &&
         fs__ino_peek(fs, 1, c.dkey, c.dkl) != 0)
         kind = 2; /* a directory the kernel holds, gone in the store since the
@@ -344,6 +347,7 @@ static int file_attr(struct fs *fs, fuse_ino_t ino, struct inode *in, struct fh 
     if (k == NULL) return -ENOMEM;
     struct fs_kv kv;
     int rc = fs__stat_key(fs, k, kl, &kv);
+    if (rc == -ENOENT && fs__ino_pending(fs, k, kl, &kv)) rc = 0;
     free(k);
     if (rc == -ENOENT && fh != NULL) { /* deleted while open: what we hold */
         kv.mode = fh->mode;
@@ -486,10 +490,86 @@ static void fh_destroy(struct fh *fh) {
     free(fh);
 }
 
+/* The handle's file stops being pending: its first put was applied
+ * (stored), or it is given up (released unput, failed, or the put found
+ * the key taken). A file given up while nothing else of this mount creates
+ * it loses its name: its dentry is dropped. Any thread (no backend call). */
+static void fh_unpend(struct fh *fh, int stored) {
+    if (!fh->creating || fh->ino == NULL) return;
+    fh->creating = 0;
+    struct fs *fs = fh->h.fs;
+    struct inode *in = fh->ino;
+    pthread_mutex_lock(&fs->ino_lock);
+    FS_ASSERT(in->pending > 0);
+    in->pending--;
+    int drop = !stored && in->pending == 0 && in->linked;
+    size_t kl = in->key_len;
+    char *k = drop ? malloc(kl ? kl : 1) : NULL;
+    if (k != NULL) memcpy(k, in->key, kl);
+    pthread_mutex_unlock(&fs->ino_lock);
+    if (k != NULL) fs__drop_entry(fs, k, kl);
+    free(k);
+}
+
 static void fh_free(struct fh *fh) {
     if (fh == NULL) return;
+    fh_unpend(fh, 0);
     fs__handle_del(&fh->h);
     fh_destroy(fh);
+}
+
+/* The thread group of thread tid (the pid a FUSE request carries is the
+ * calling thread's), or 0 when unknown (gone, another pid namespace). */
+static pid_t tgid_of(pid_t tid) {
+    if (tid <= 0) return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    const char *t = strstr(buf, "\nTgid:");
+    if (t == NULL) return 0;
+    return (pid_t)strtol(t + 6, NULL, 10);
+}
+
+static pid_t req_tgid(fuse_req_t req) { return tgid_of(fuse_req_ctx(req)->pid); }
+
+/* Whether process tgid still has a descriptor open on FUSE inode ino (read
+ * from /proc/<tgid>/fdinfo, whose "ino:" is the number we gave the
+ * kernel). A flush comes after its descriptor left the table, so this
+ * tells "one of several descriptors closed" (bash closes the one it opened
+ * once it dup2-ed it to stdout) from "its last one". At most
+ * FS__FD_SCAN_MAX descriptors are read; beyond that, and when /proc cannot
+ * tell (the process is exiting: its table is gone), it answers 0. */
+#define FS__FD_SCAN_MAX 4096u
+static int other_fd_open(pid_t tgid, fuse_ino_t ino) {
+    if (tgid <= 0) return 0;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fdinfo", (int)tgid);
+    DIR *d = opendir(path);
+    if (d == NULL) return 0;
+    int found = 0;
+    unsigned n = 0;
+    struct dirent *e;
+    while (!found && n < FS__FD_SCAN_MAX && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        n++;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        char buf[256];
+        ssize_t r = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (r <= 0) continue;
+        buf[r] = '\0';
+        const char *t = strstr(buf, "\nino:");
+        if (t == NULL) continue;
+        found = strtoull(t + 5, NULL, 10) == (unsigned long long)ino;
+    }
+    closedir(d);
+    return found;
 }
 
 static int fh_reserve(struct fh *fh, size_t n) {
@@ -514,8 +594,13 @@ static int fh_resize(struct fh *fh, size_t n) {
 /* ---- create, mknod, mkdir ---- */
 
 static void create_start(struct op *op);
+static void create_decide(struct op *op);
+static void create_open_existing(struct op *op);
 static void mkdir_done(struct op *op);
 static void rename_done(struct op *op);
+
+static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv,
+                             int64_t rev);
 
 static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
     struct fs *fs = op->fs;
@@ -526,6 +611,13 @@ static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
         op_fail(op, -ENOMEM);
         return;
     }
+    reply_created_in(op, in, kv, rev);
+}
+
+/* Replies to create/mknod with inode in (one lookup reference taken). */
+static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv,
+                             int64_t rev) {
+    struct fs *fs = op->fs;
     struct stat st;
     fs__attr_of_kv(fs, fs__ino_num(fs, in), 0, kv, &st);
     struct fuse_entry_param e;
@@ -560,7 +652,7 @@ static void create_open_existing(struct op *op) {
             op_fail(op, -EIO);
             return;
         }
-        create_start(op);
+        create_decide(op);
         return;
     }
     if (rc < 0) {
@@ -585,6 +677,69 @@ static void create_open_existing(struct op *op) {
     fh->gid = kv.gid;
     reply_created(op, &kv, kv.mod_revision);
     fs_kv_clear(&kv);
+}
+
+/* create(2) of a regular file. Nothing is put here: a name absent from
+ * the store becomes a pending file of this mount (see put_handle), put
+ * once, whole, when its opener closes it. An existing key is EEXIST with
+ * O_EXCL, else opened; a pending file of this mount counts as existing. */
+static void create_decide(struct op *op) {
+    struct fs *fs = op->fs;
+    int excl = (op->flags & O_EXCL) != 0;
+    struct fs_kv kv;
+    int kind = child_kind(fs, &op->a, &kv);
+    fs_kv_clear(&kv);
+    if (kind < 0 || kind == 2) {
+        fh_free(op->fh);
+        op_fail(op, kind < 0 ? kind : excl ? -EEXIST : -EISDIR);
+        return;
+    }
+    if (kind == 1) {
+        if (excl) {
+            fh_free(op->fh);
+            op_fail(op, -EEXIST);
+            return;
+        }
+        create_open_existing(op);
+        return;
+    }
+    struct inode *in = fs__ino_ref(fs, 0, op->a.fkey, op->a.fkl);
+    if (in == NULL) {
+        fh_free(op->fh);
+        op_fail(op, -ENOMEM);
+        return;
+    }
+    int64_t now = fs__now_ns();
+    memset(&kv, 0, sizeof kv);
+    pthread_mutex_lock(&fs->ino_lock);
+    int pending = in->pending > 0;
+    if (pending && excl) {
+        pthread_mutex_unlock(&fs->ino_lock);
+        fs__ino_forget(fs, in, 1);
+        fh_free(op->fh);
+        op_fail(op, -EEXIST);
+        return;
+    }
+    if (!pending) {
+        in->pending = 1;
+        in->pexcl = excl;
+        in->pmode = op->mode;
+        in->puid = op->uid;
+        in->pgid = op->gid;
+        in->pmtime_ns = now;
+        op->fh->creating = 1;
+    }
+    /* a second open of a pending file sees it empty and does not create */
+    kv.mode = in->pmode;
+    kv.uid = in->puid;
+    kv.gid = in->pgid;
+    kv.mtime_ns = in->pmtime_ns;
+    pthread_mutex_unlock(&fs->ino_lock);
+    op->fh->mode = kv.mode;
+    op->fh->uid = kv.uid;
+    op->fh->gid = kv.gid;
+    op->fh->write_ns = now;
+    reply_created_in(op, in, &kv, 0);
 }
 
 static void create_start(struct op *op) {
@@ -651,8 +806,11 @@ static void make_file(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         op->fh->mode = op->mode;
         op->fh->uid = op->uid;
         op->fh->gid = op->gid;
+        op->fh->opener = req_tgid(req);
+        create_decide(op);
+        return;
     }
-    create_start(op);
+    create_start(op); /* mknod(2): the key is put (empty) at once */
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -762,6 +920,13 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name) {
     struct fs_kv kv;
     int kind = child_kind(fs, &op->a, &kv);
     fs_kv_clear(&kv);
+    if (kind == 0 && fs__ino_pending(fs, op->a.fkey, op->a.fkl, &kv)) {
+        /* a pending file: nothing in the store; its writer's data is dropped */
+        fs__ino_detach(fs, 0, op->a.fkey, op->a.fkl);
+        fuse_reply_err(req, 0);
+        fs__op_finish(op);
+        return;
+    }
     if (kind <= 0 || kind == 2) {
         op_fail(op, kind < 0 ? kind : kind == 2 ? -EISDIR : -ENOENT);
         return;
@@ -851,6 +1016,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
 /* ---- rename ---- */
 
 static void rename_start(struct op *op);
+static void rename_pending(struct op *op);
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
                       fuse_ino_t newparent, const char *newname, unsigned int flags) {
@@ -1068,6 +1234,10 @@ static void rename_start(struct op *op) {
     if (src == 0) {
         int k = child_kind(fs, &op->a, &kv);
         fs_kv_clear(&kv);
+        if (k == 0 && fs__ino_pending(fs, op->a.fkey, op->a.fkl, &kv)) {
+            rename_pending(op);
+            return;
+        }
         rc = k < 0 ? k : k == 0 ? -ENOENT : 0;
     }
     if (rc < 0) {
@@ -1088,6 +1258,36 @@ static void rename_start(struct op *op) {
     } else if (rc < 0) {
         op_fail(op, rc);
     }
+}
+
+/* The source is a pending file: nothing is in the store yet, so the
+ * rename only moves the name; the writer's put goes to the destination
+ * (one put of the final name). A destination key stays visible with its
+ * old value until that put replaces it. */
+static void rename_pending(struct op *op) {
+    struct fs *fs = op->fs;
+    struct fs_kv kv;
+    int dst = child_kind(fs, &op->b, &kv);
+    fs_kv_clear(&kv);
+    int rc = dst < 0 ? dst : 0;
+    if (rc == 0 && dst == 2) rc = -EISDIR;
+    if (rc == 0 && (op->flags & RENAME_NOREPLACE) &&
+        (dst == 1 || fs__ino_pending(fs, op->b.fkey, op->b.fkl, &kv)))
+        rc = -EEXIST;
+    if (rc < 0) {
+        op_fail(op, rc);
+        return;
+    }
+    if (op->a.fkl == op->b.fkl && memcmp(op->a.fkey, op->b.fkey, op->a.fkl) == 0) {
+        fuse_reply_err(op->req, 0);
+        fs__op_finish(op);
+        return;
+    }
+    fs__ino_rekey(fs, 0, op->a.fkey, op->a.fkl, op->b.fkey, op->b.fkl);
+    /* the put replaces whatever the destination holds */
+    fs__ino_pending_unexcl(fs, op->b.fkey, op->b.fkl);
+    fuse_reply_err(op->req, 0);
+    fs__op_finish(op);
 }
 
 static void rename_done(struct op *op) {
@@ -1134,6 +1334,21 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
             return;
         }
         to_set &= ~FUSE_SET_ATTR_SIZE;
+    }
+    struct fs_kv pk;
+    if (!in->is_dir && (to_set & (meta_bits | FUSE_SET_ATTR_SIZE)) &&
+        fs__ino_pending_set(fs, in, attr, to_set, &pk)) {
+        /* a pending file: its metadata goes with its first put (a size
+         * change by path, without the writer's handle, is not applied) */
+        struct stat st;
+        if (fh != NULL) {
+            pthread_mutex_lock(&fh->lock);
+            pk.value_len = fh->len;
+            pthread_mutex_unlock(&fh->lock);
+        }
+        fs__attr_of_kv(fs, ino, 0, &pk, &st);
+        fuse_reply_attr(req, &st, secs(fs->opt.attr_timeout_ms));
+        return;
     }
     if (!(to_set & (meta_bits | FUSE_SET_ATTR_SIZE))) { /* nothing for the store */
         struct stat st;
@@ -1315,6 +1530,7 @@ static void open_body(fuse_req_t req, struct inode *in, struct fuse_file_info *f
     }
     struct fs_kv kv;
     int rc = get_key(fs, k, kl, &kv);
+    if (rc == -ENOENT && fs__ino_pending(fs, k, kl, &kv)) rc = 0; /* empty until put */
     free(k);
     if (rc < 0) {
         fuse_reply_err(req, -rc);
@@ -1337,6 +1553,7 @@ static void open_body(fuse_req_t req, struct inode *in, struct fuse_file_info *f
         kv.value = NULL;
     }
     fh->append = (fi->flags & O_APPEND) != 0;
+    fh->opener = req_tgid(req);
     if (fs__is_replay(fs, req)) {
         fh->replay = 1;
         fh->dirty = 0;
@@ -1409,9 +1626,31 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_write(req, size);
 }
 
-/* Puts fh's buffer if dirty. Returns 1 when submitted (op completes the
- * reply), 0 when there was nothing to put, or -errno. */
+/*
+ * When a handle is put. The value written through one open file
+ * description is put once, whole, when its writer is done:
+ *   - flush (every close(2) of a descriptor of it): only on the opener's
+ *     last close: the closing process is the one that opened it (its
+ *     thread group, read from /proc, since the pid of a request is the
+ *     calling thread's) and it holds no other descriptor of the file
+ *     (other_fd_open). A child that inherited the descriptor and exits
+ *     puts nothing; neither does the descriptor bash closes right after
+ *     dup2-ing it to stdout. close(2) reports the put's error.
+ *   - fsync: whenever anything is unput, and reports the error.
+ *   - release (the last close of the description, sent by the kernel
+ *     without waiting for the answer): whatever is still unput, so nothing
+ *     written is lost when the opener closed before a child wrote; its
+ *     error reaches no one.
+ * "Unput" is: data written or a truncation since the last put, or a file
+ * created by this handle and not put yet (an empty new file is put too).
+ * A put whose bytes equal the last applied put of the handle is not sent
+ * (fsync then close is one put). The first put of a file created with
+ * O_EXCL compares "key absent" (EEXIST if someone else created it).
+ * Returns 1 when submitted (op completes the reply), 0 when there was
+ * nothing to put, or -errno.
+ */
 static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
+    pid_t closer = op->kind == OP_FLUSH ? req_tgid(op->req) : 0;
     pthread_mutex_lock(&fh->lock);
     if (fh->replay) {
         pthread_mutex_unlock(&fh->lock);
@@ -1422,7 +1661,21 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
         pthread_mutex_unlock(&fh->lock);
         return op->kind == OP_RELEASE ? 0 : -err;
     }
-    if (!fh->dirty || (fh->dirty == FH_DIRTY_TRUNC && op->kind == OP_FLUSH)) {
+    int first = fh->creating && !fh->put_once;
+    int want = fh->dirty || first;
+    if (want && op->kind == OP_FLUSH) {
+        int opener = fh->opener == 0 || closer == 0 || closer == fh->opener;
+        want = opener && !other_fd_open(closer, fs__ino_num(fs, fh->ino));
+    }
+    if (!want) {
+        pthread_mutex_unlock(&fh->lock);
+        return 0;
+    }
+    unsigned char sha[32];
+    fs__sha256(fh->buf, fh->len, sha);
+    if (!first && fh->have_last && fh->last_len == fh->len &&
+        memcmp(fh->last_sha, sha, sizeof sha) == 0) { /* already put */
+        fh->dirty = 0;
         pthread_mutex_unlock(&fh->lock);
         return 0;
     }
@@ -1432,6 +1685,12 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
     pthread_mutex_lock(&fs->ino_lock);
     int linked = in->linked;
     int64_t meta_set = in->meta_set_ns;
+    int excl = in->pexcl;
+    struct fs_kv pk = {0};
+    pk.mode = in->pmode;
+    pk.uid = in->puid;
+    pk.gid = in->pgid;
+    pk.mtime_ns = in->pmtime_ns;
     pthread_mutex_unlock(&fs->ino_lock);
     if (!linked) { /* unlinked (or replaced) through this mount: data has no name */
         fh->dirty = 0;
@@ -1446,9 +1705,15 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
     /* Current metadata wins: a chmod/chown/utimens made while the file was
      * open must survive this put (cp -p sets them before close). */
     struct fs_kv kv;
-    int rc = fs__stat_key(fs, k, kl, &kv);
+    int rc = 0;
+    if (first) {
+        kv = pk;
+    } else {
+        rc = fs__stat_key(fs, k, kl, &kv);
+    }
     int have = rc == 0 && kv.mode != 0;
     struct txn_b t = {0};
+    if (first && excl) add_cmp(&t, FS_CMP_ABSENT, k, kl);
     struct fs_op *o = add_op(&t, FS_OP_PUT, k, kl);
     o->value = fh->buf;
     o->value_len = fh->len;
@@ -1460,6 +1725,10 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
                                                                       : fh->write_ns;
     fs_kv_clear(&kv);
     fh->dirty = 0;
+    op->fh = fh;
+    op->put_first = first;
+    op->put_len = fh->len;
+    memcpy(op->put_sha, sha, sizeof sha);
     if (op->kind == OP_RELEASE) {
         /* Nothing else uses a released handle, and done_cb frees it, maybe
          * before submit returns: let go of it first. */
@@ -1863,12 +2132,41 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
 
 /* ---- completion ---- */
 
+/* A handle's put was applied (or its "absent" compare failed: EEXIST, and
+ * nothing more of the handle is put). */
+static void put_done(struct op *op) {
+    struct fh *fh = op->fh;
+    int rc = op->put_first && !op->res.succeeded ? -EEXIST : 0;
+    pthread_mutex_lock(&fh->lock);
+    if (rc == 0) {
+        fh->put_once = 1;
+        fh->have_last = 1;
+        fh->last_len = op->put_len;
+        memcpy(fh->last_sha, op->put_sha, sizeof fh->last_sha);
+    } else {
+        fh->failed = -rc;
+        fh->dirty = 0;
+    }
+    pthread_mutex_unlock(&fh->lock);
+    if (op->put_first) fh_unpend(fh, rc == 0);
+    if (op->kind == OP_RELEASE) fh_free(fh);
+    fuse_reply_err(op->req, -rc);
+    fs__op_finish(op);
+}
+
 void fs__op_done(void *arg, int err, const struct fs_txn_result *res) {
     struct op *op = arg;
     op->err = err;
     if (res) op->res = *res;
     if (err != 0) {
         if (op->kind == OP_RENAME && op->is_dir && err == -EFBIG) err = -EXDEV;
+        if ((op->kind == OP_FLUSH || op->kind == OP_FSYNC) && op->fh && op->put_first) {
+            /* a created file whose first put failed stays unput: nothing
+             * later of this handle may put it behind the error's back */
+            pthread_mutex_lock(&op->fh->lock);
+            op->fh->failed = -err;
+            pthread_mutex_unlock(&op->fh->lock);
+        }
         if (op->kind == OP_RELEASE) fh_free(op->fh);
         if (op->kind == OP_CREATE) fh_free(op->fh);
         op_fail(op, err);
@@ -1933,9 +2231,7 @@ void fs__op_done(void *arg, int err, const struct fs_txn_result *res) {
     case OP_FLUSH:
     case OP_FSYNC:
     case OP_RELEASE:
-        if (op->kind == OP_RELEASE) fh_free(op->fh);
-        fuse_reply_err(op->req, 0);
-        fs__op_finish(op);
+        put_done(op);
         return;
     }
     FS_ASSERT(!"unknown op kind");

@@ -325,7 +325,7 @@ void fs__sha256(const void *data, size_t len, unsigned char out[32]) {
     }
     unsigned char buf[128];
     memset(buf, 0, sizeof buf);
-    memcpy(buf, p, left);
+    if (left) memcpy(buf, p, left);
     buf[left] = 0x80;
     size_t total = left + 9 <= 64 ? 64 : 128;
     uint64_t bits = (uint64_t)len * 8;

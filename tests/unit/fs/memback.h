@@ -188,6 +188,7 @@ static inline void mb_remove_at(struct memback *mb, size_t i, size_t count) {
         free(mb->e[j].key);
         free(mb->e[j].val);
     }
+    if (count == 0) return;
     memmove(mb->e + i, mb->e + i + count, (mb->n - i - count) * sizeof *mb->e);
     mb->n -= count;
 }
@@ -197,6 +198,7 @@ struct mb_change {
     size_t kl;
     enum fs_change_type type;
     int created;
+    int meta_only; /* a put that kept the value bytes */
 };
 
 /* Applies a put at revision rev; lock held. */
@@ -255,8 +257,14 @@ static inline void mb_notify(struct memback *mb, struct mb_change *ch, size_t n,
                       int local) {
     for (size_t i = 0; i < n; i++) {
         if (mb->fs) {
-            struct fs_change c = {ch[i].type, ch[i].key, ch[i].kl, rev, ch[i].created,
-                                  local, i + 1 < n};
+            struct fs_change c = {.type = ch[i].type,
+                                  .key = ch[i].key,
+                                  .key_len = ch[i].kl,
+                                  .revision = rev,
+                                  .created = ch[i].created,
+                                  .local = local,
+                                  .more = i + 1 < n,
+                                  .meta_only = ch[i].meta_only};
             fs_notify_change(mb->fs, &c);
         }
         free(ch[i].key);
@@ -282,17 +290,22 @@ static inline void mb_apply(struct memback *mb, struct mb_job *j) {
             }
             switch (o->type) {
             case FS_OP_PUT: {
-                int created;
+                int created, same = 0;
+                size_t at2;
+                if (mb_find(mb, o->key, o->key_len, &at2))
+                    same = mb->e[at2].vl == o->value_len &&
+                           (o->value_len == 0 ||
+                            memcmp(mb->e[at2].val, o->value, o->value_len) == 0);
                 mb_put_locked(mb, o->key, o->key_len, o->value, o->value_len, o->lease,
                               o->mode, o->uid, o->gid, o->mtime_ns, &created);
                 ch[nch++] = (struct mb_change){mb_dup(o->key, o->key_len), o->key_len,
-                                               FS_CHANGE_PUT, created};
+                                               FS_CHANGE_PUT, created, same && !created};
                 break;
             }
             case FS_OP_DELETE:
                 if (mb_find(mb, o->key, o->key_len, &at)) {
                     ch[nch++] = (struct mb_change){mb_dup(o->key, o->key_len), o->key_len,
-                                                   FS_CHANGE_DELETE, 0};
+                                                   FS_CHANGE_DELETE, 0, 0};
                     mb_remove_at(mb, at, 1);
                 }
                 break;
@@ -303,7 +316,7 @@ static inline void mb_apply(struct memback *mb, struct mb_job *j) {
                                 o->range_end_len)) {
                     struct mb_entry *e = &mb->e[at + count];
                     ch[nch++] =
-                        (struct mb_change){mb_dup(e->key, e->kl), e->kl, FS_CHANGE_DELETE, 0};
+                        (struct mb_change){mb_dup(e->key, e->kl), e->kl, FS_CHANGE_DELETE, 0, 0};
                     count++;
                 }
                 mb_remove_at(mb, at, count);
@@ -476,7 +489,7 @@ static inline void mb_put(struct memback *mb, const char *k, size_t kl, const ch
     int64_t rev = mb->rev;
     mb_put_locked(mb, k, kl, v, vl, 0, mode, 0, 0, 0, &created);
     pthread_mutex_unlock(&mb->lock);
-    struct mb_change c = {mb_dup(k, kl), kl, FS_CHANGE_PUT, created};
+    struct mb_change c = {mb_dup(k, kl), kl, FS_CHANGE_PUT, created, 0};
     mb_notify(mb, &c, 1, rev, 0);
 }
 
@@ -495,7 +508,7 @@ static inline int mb_del(struct memback *mb, const char *k) {
     int64_t rev = mb->rev;
     pthread_mutex_unlock(&mb->lock);
     if (found) {
-        struct mb_change c = {mb_dup(k, kl), kl, FS_CHANGE_DELETE, 0};
+        struct mb_change c = {mb_dup(k, kl), kl, FS_CHANGE_DELETE, 0, 0};
         mb_notify(mb, &c, 1, rev, 0);
     }
     return found;
