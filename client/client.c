@@ -1019,8 +1019,11 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id, uint32_t erro
             /* The token expired (or the member restarted): authenticate
              * again and repeat the call, which the server refused. */
             struct conn *cn = call->conn;
+            if (cn->auth == AUTH_DONE)
+                log_line(c, "endpoint %s: auth token rejected (%s); authenticating again",
+                         c->eps[cn->ep].url, msg);
             call->auth_retried = true;
-            call_requeue(call);
+            call_requeue(call); /* frees msg */
             if (cn->auth == AUTH_DONE) {
                 free(cn->token);
                 cn->token = NULL;
