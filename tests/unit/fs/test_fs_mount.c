@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -1304,4 +1305,169 @@ MOUNT_TEST(reads_are_never_torn, long_cache) {
     if (bad) fprintf(stderr, "  %d of %d reads torn, first %s\n", bad, reads, first_bad);
     ASSERT_EQ(bad, 0);
     ASSERT_EQ(reads > 100, 1);
+}
+
+/* ---- one put per value ---- */
+
+/* Waits until the backend applied want transactions in all (release is
+ * sent by the kernel without waiting: its put may land after close(2)). */
+static long applied_after(struct mnt *m, long want) {
+    int64_t deadline = now_ms() + EVENT_WAIT_MS;
+    while (atomic_load(&m->mb->applied) < want && now_ms() < deadline) sleep_ms(2);
+    sleep_ms(50); /* and no more than that */
+    return atomic_load(&m->mb->applied);
+}
+
+MOUNT_TEST(new_file_is_one_put_as_bash_writes_it, NULL) {
+    long base = atomic_load(&m->mb->applied);
+    /* bash: open, dup2 to stdout, close the original, write, restore */
+    int fd = open(P(m, "new"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT(fd >= 0);
+    int saved = dup(1);
+    ASSERT(saved >= 0);
+    ASSERT_EQ(dup2(fd, 1), 1);
+    ASSERT_EQ(close(fd), 0); /* another descriptor is open: nothing put */
+    ASSERT_EQ(atomic_load(&m->mb->applied), base);
+    ASSERT_EQ(kv_has(m, "/new"), 0);
+    struct stat st; /* meanwhile the file exists here, empty */
+    ASSERT_EQ(stat(P(m, "new"), &st), 0);
+    ASSERT_EQ(st.st_size, 0);
+    ASSERT_FILE(P(m, "new"), "");
+    ASSERT_EQ(write(1, "v\n", 2), 2);
+    ASSERT_EQ(dup2(saved, 1), 1); /* the opener's last close: the put */
+    close(saved);
+    ASSERT_KV(m, "/new", "v\n");
+    ASSERT_EQ(applied_after(m, base + 1), base + 1);
+    struct fs_kv kv;
+    ASSERT_EQ(mb_lookup(m->mb, "/new", &kv), 0);
+    ASSERT_EQ(kv.version, 1);
+    fs_kv_clear(&kv);
+    /* an empty new file is one put of "" at close */
+    ASSERT_EQ(write_str(P(m, "empty"), ""), 0);
+    ASSERT_KV(m, "/empty", "");
+    ASSERT_EQ(applied_after(m, base + 2), base + 2);
+}
+
+MOUNT_TEST(child_with_inherited_descriptor_puts_nothing, NULL) {
+    long base = atomic_load(&m->mb->applied);
+    int fd = open(P(m, "gen.conf"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, "[main]\n", 7), 7);
+    for (int i = 0; i < 2; i++) { /* as { echo; hostname; ... } > f */
+        pid_t pid = fork();
+        ASSERT(pid >= 0);
+        if (pid == 0) {
+            ssize_t w = write(fd, "host\n", 5);
+            _exit(w == 5 ? 0 : 1); /* its close of fd: a flush, not the opener's */
+        }
+        int status = 0;
+        ASSERT_EQ(waitpid(pid, &status, 0), pid);
+        ASSERT_EQ(WEXITSTATUS(status), 0);
+    }
+    ASSERT_EQ(applied_after(m, base), base);
+    ASSERT_EQ(kv_has(m, "/gen.conf"), 0);
+    ASSERT_EQ(write(fd, "b=2\n", 4), 4);
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_KV(m, "/gen.conf", "[main]\nhost\nhost\nb=2\n");
+    ASSERT_EQ(applied_after(m, base + 1), base + 1);
+    /* the opener closes first, a child writes on: release puts the rest */
+    fd = open(P(m, "late"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT(fd >= 0);
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        char c;
+        close(pipefd[1]);
+        ssize_t r = read(pipefd[0], &c, 1); /* until the parent closed */
+        ssize_t w = write(fd, "child", 5);
+        _exit(r == 1 && w == 5 ? 0 : 1);
+    }
+    close(pipefd[0]);
+    ASSERT_EQ(close(fd), 0); /* the opener's close: nothing written yet */
+    ASSERT_EQ(write(pipefd[1], "x", 1), 1);
+    close(pipefd[1]);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    int64_t deadline = now_ms() + EVENT_WAIT_MS;
+    while (!kv_has(m, "/late") && now_ms() < deadline) sleep_ms(2);
+    ASSERT_KV(m, "/late", "child");
+}
+
+MOUNT_TEST(fsync_then_close_is_one_put, NULL) {
+    long base = atomic_load(&m->mb->applied);
+    int fd = open(P(m, "d"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, "data", 4), 4);
+    ASSERT_EQ(fsync(fd), 0); /* dd conv=fsync */
+    ASSERT_KV(m, "/d", "data");
+    ASSERT_EQ(fsync(fd), 0);
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_EQ(applied_after(m, base + 1), base + 1);
+    /* rewriting the same bytes after an fsync is a change: put again */
+    fd = open(P(m, "d"), O_WRONLY);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, "DATA", 4), 4);
+    ASSERT_EQ(fsync(fd), 0);
+    ASSERT_EQ(pwrite(fd, "DATA", 4, 0), 4); /* the same bytes again: not sent */
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_KV(m, "/d", "DATA");
+    ASSERT_EQ(applied_after(m, base + 2), base + 2);
+}
+
+MOUNT_TEST(exclusive_create_is_checked_at_the_put, NULL) {
+    int fd = open(P(m, "x"), O_CREAT | O_EXCL | O_WRONLY, 0600);
+    ASSERT(fd >= 0);
+    /* a second O_EXCL create on this host fails at once */
+    ASSERT_EQ(open(P(m, "x"), O_CREAT | O_EXCL | O_WRONLY, 0600), -1);
+    ASSERT_EQ(errno, EEXIST);
+    mb_puts(m->mb, "/x", "theirs"); /* created elsewhere meanwhile */
+    ASSERT_EQ(write(fd, "mine", 4), 4);
+    ASSERT_EQ(close(fd), -1);
+    ASSERT_EQ(errno, EEXIST);
+    ASSERT_KV(m, "/x", "theirs");
+    /* a failed write leaves nothing behind, even for a new file */
+    pthread_mutex_lock(&m->mb->lock);
+    m->mb->fail_err = -ENOSPC;
+    m->mb->fail_count = 1;
+    pthread_mutex_unlock(&m->mb->lock);
+    ASSERT_EQ(write_str(P(m, "full"), "v"), -ENOSPC);
+    ASSERT_EQ(kv_has(m, "/full"), 0);
+    struct stat st;
+    int64_t deadline = now_ms() + EVENT_WAIT_MS;
+    while (stat(P(m, "full"), &st) == 0 && now_ms() < deadline) sleep_ms(5);
+    ASSERT_EQ(stat(P(m, "full"), &st), -1);
+    sleep_ms(100); /* the release of the failed handle puts nothing either */
+    ASSERT_EQ(kv_has(m, "/full"), 0);
+}
+
+MOUNT_TEST(pending_file_renamed_unlinked_chmoded, NULL) {
+    long base = atomic_load(&m->mb->applied);
+    ASSERT_EQ(write_str(P(m, "conf"), "old"), 0);
+    /* a temporary file renamed over the target before its close: one put
+     * of the final name */
+    int fd = open(P(m, ".conf.tmp"), O_CREAT | O_EXCL | O_WRONLY, 0600);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, "new", 3), 3);
+    ASSERT_EQ(fchmod(fd, 0640), 0);
+    ASSERT_EQ(rename(P(m, ".conf.tmp"), P(m, "conf")), 0);
+    ASSERT_KV(m, "/conf", "old"); /* whole values: the old one until the put */
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_KV(m, "/conf", "new");
+    ASSERT_EQ(kv_has(m, "/.conf.tmp"), 0);
+    struct fs_kv kv;
+    ASSERT_EQ(mb_lookup(m->mb, "/conf", &kv), 0);
+    ASSERT_EQ(kv.mode, S_IFREG | 0640);
+    fs_kv_clear(&kv);
+    ASSERT_EQ(applied_after(m, base + 2), base + 2);
+    /* unlinked before its close: nothing put */
+    fd = open(P(m, "gone"), O_CREAT | O_WRONLY, 0644);
+    ASSERT(fd >= 0);
+    ASSERT_EQ(write(fd, "x", 1), 1);
+    ASSERT_EQ(unlink(P(m, "gone")), 0);
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_EQ(applied_after(m, base + 2), base + 2);
+    ASSERT_EQ(kv_has(m, "/gone"), 0);
 }
