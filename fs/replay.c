@@ -18,11 +18,12 @@
  *     IN_CREATE, IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE; a changed key: open,
  *     write, close; a deleted key: unlink = IN_DELETE), then
  *     rmdir(2) for each directory left without keys, deepest first.
- * A file created through a mount elsewhere takes two revisions (the create
- * puts an empty value, which makes O_EXCL atomic; close puts the content).
- * For a new, still empty or already rewritten key the thread waits up to
- * FS__REPLAY_MERGE_MS for that second put and replays both as one create
- * with the content, which is what a local writer's events look like.
+ * A file written through a mount elsewhere is one put (fs/README.md, "one
+ * put per value"), so every change is replayed once, as it came: never
+ * merged with the next one, never twice. A put that changed only the
+ * metadata (fs_change.meta_only: chmod, chown, touch) is replayed as
+ * fchmodat(2) (IN_ATTRIB); an existing key put empty as ftruncate(2)
+ * (IN_MODIFY, as `: > f` shows locally).
  *
  * Where. An operation is replayed only where the kernel holds the inode of
  * the parent directory (or of the file): an inotify watch pins the
@@ -59,7 +60,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FS__REPLAY_MERGE_MS 200   /* wait for the content put of a created file */
 #define FS__REPLAY_MORE_MS 1000   /* wait for the rest of a transaction */
 #define FS__REPLAY_GROUP_MAX 4096u /* changes replayed as one transaction */
 #define FS__REPLAY_PATH_MAX 4096u
@@ -394,6 +394,15 @@ static void replay_rmdir(struct rp *r, const struct rdir *d) {
     ov_clear(r);
 }
 
+/* A put that kept the value: the metadata changed (IN_ATTRIB). */
+static void replay_attr(struct rp *r, const char *k, size_t kl, uint32_t mode) {
+    if (rel_path(r->fs, k, kl, 0, r->path, sizeof r->path) < 0) return;
+    ov_set(r, 0);
+    (void)fchmodat(r->root, r->path, mode ? (mode & 07777) : (r->fs->opt.file_mode & 07777),
+                   0);
+    ov_clear(r);
+}
+
 /* A put: create (created) or rewrite, writing len bytes. */
 static void replay_put(struct rp *r, const char *k, size_t kl, int created, size_t len,
                        uint32_t mode) {
@@ -407,7 +416,10 @@ static void replay_put(struct rp *r, const char *k, size_t kl, int created, size
                     mode ? (mode & 07777) : (r->fs->opt.file_mode & 07777));
     ov_clear(r);
     if (fd < 0) return;
-    (void)write_len(r, fd, len);
+    if (len == 0 && !created)
+        (void)ftruncate(fd, 0); /* IN_MODIFY, as the writer's O_TRUNC */
+    else
+        (void)write_len(r, fd, len);
     close(fd);
 }
 
@@ -509,7 +521,10 @@ static void replay_files(struct rp *r) {
         size_t len = kv.value_len;
         uint32_t mode = kv.mode;
         fs_kv_clear(&kv);
-        if (live) replay_put(r, it->key, it->key_len, it->created, len, mode);
+        if (live && it->meta_only)
+            replay_attr(r, it->key, it->key_len, mode);
+        else if (live)
+            replay_put(r, it->key, it->key_len, it->created, len, mode);
     }
 }
 
@@ -566,31 +581,6 @@ static int take_group(struct rp *r) {
     return 1;
 }
 
-/* A file created alone: if the put of its content is coming (the key is
- * still empty at its creation revision, or already rewritten), waits for
- * it and drops it: the create is replayed with the current content. */
-static void take_content_put(struct rp *r) {
-    struct fs *fs = r->fs;
-    const struct queue_item *c = r->g[0];
-    if (r->n != 1 || c->type != FS_CHANGE_PUT || !c->created || c->more || is_marker(c))
-        return;
-    struct fs_kv kv;
-    int rc = fs__stat_key(fs, c->key, c->key_len, &kv);
-    int coming = rc == 0 && kv.create_revision == c->revision &&
-                 (kv.mod_revision > c->revision || kv.value_len == 0);
-    fs_kv_clear(&kv);
-    if (!coming) return;
-    pthread_mutex_lock(&fs->q_lock);
-    if (wait_locked(fs, FS__REPLAY_MERGE_MS)) {
-        const struct queue_item *n = fs->rp_head;
-        if (n->type == FS_CHANGE_PUT && !n->created && !n->more &&
-            n->key_len == c->key_len && memcmp(n->key, c->key, c->key_len) == 0) {
-            free(pop_locked(fs));
-        }
-    }
-    pthread_mutex_unlock(&fs->q_lock);
-}
-
 void *fs__replay_main(void *arg) {
     struct fs *fs = arg;
     struct rp r;
@@ -599,7 +589,6 @@ void *fs__replay_main(void *arg) {
     r.root = open(fs->mountpoint, O_PATH | O_DIRECTORY | O_CLOEXEC);
     atomic_store(&fs->replay_tid, (int)syscall(SYS_gettid));
     while (take_group(&r)) {
-        take_content_put(&r);
         atomic_store(&fs->replay_busy, 1);
         if (!atomic_load(&fs->stop_requested) && r.root >= 0)
             replay_group(&r);
