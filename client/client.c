@@ -232,6 +232,7 @@ enum conn_timer_mode {
 
 struct client {
     uv_loop_t *loop;
+    uv_thread_t thread;           /* the loop's thread, for assertions */
     /* Options with defaults applied; strings are the copies below. */
     uint32_t dial_timeout_ms, command_timeout_ms;
     uint32_t keepalive_ms, keepalive_timeout_ms; /* keepalive_ms may double */
@@ -1646,6 +1647,13 @@ static void kick(struct client *c) {
 
 /* ---- public functions ------------------------------------------------------------------- */
 
+/* Everything runs on the loop's thread; a call from another thread would
+ * race with everything here, so catch it where it happens. */
+static void assert_loop_thread(const struct client *c) {
+    uv_thread_t self = uv_thread_self();
+    CLIENT__ASSERT(uv_thread_equal(&self, &c->thread));
+}
+
 void client_options_init(struct client_options *o) {
     CLIENT__ASSERT(o != NULL);
     memset(o, 0, sizeof(*o));
@@ -1702,6 +1710,7 @@ int client_new(uv_loop_t *loop, const struct client_options *o, struct client **
     }
     int rc = CLIENT_ENOMEM;
     c->loop = loop;
+    c->thread = uv_thread_self();
     c->dial_timeout_ms = o->dial_timeout_ms ? o->dial_timeout_ms : 2000;
     c->command_timeout_ms = o->command_timeout_ms ? o->command_timeout_ms : 5000;
     c->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : 2000;
@@ -1768,6 +1777,7 @@ err_free:
 void client_close(struct client *c, void (*close_cb)(void *arg), void *arg) {
     CLIENT__ASSERT(c != NULL);
     CLIENT__ASSERT(!c->closing);
+    assert_loop_thread(c);
     c->closing = true;
     c->close_cb = close_cb;
     c->close_arg = arg;
@@ -1783,6 +1793,7 @@ void client_close(struct client *c, void (*close_cb)(void *arg), void *arg) {
 }
 
 static int call_admit(struct client *c) {
+    assert_loop_thread(c);
     if (c->closing) return CLIENT_ECLOSED;
     if (c->n_calls >= CLIENT_CALLS_MAX) return CLIENT_EQUEUEFULL;
     return 0;
@@ -1846,6 +1857,7 @@ int client_stream_send(struct client_stream *s, const ProtobufCMessage *msg) {
     CLIENT__ASSERT(call->kind == CALL_STREAM);
     CLIENT__ASSERT(!call->user_closed);
     struct client *c = call->c;
+    assert_loop_thread(c);
     if (c->closing || call->state == CALL_DONE) return CLIENT_ECLOSED;
     if (call->q_bytes >= CLIENT_STREAM_QUEUE_BYTES_MAX) return CLIENT_EQUEUEFULL;
     uint8_t *buf;
@@ -1874,6 +1886,7 @@ void client_stream_close(struct client_stream *s) {
     struct call *call = &s->call;
     CLIENT__ASSERT(call->kind == CALL_STREAM);
     CLIENT__ASSERT(!call->user_closed);
+    assert_loop_thread(call->c);
     call->user_closed = true;
     if (call->state == CALL_WAITING) client__link_remove(&call->link);
     if (call->state == CALL_ACTIVE) call_detach(call, true);

@@ -290,6 +290,34 @@ TEST(kv_put_range_txn_delete) {
     ASSERT(bin_eq(dr->prev_kvs[2]->value, "v3"));
     ures_free(&r);
 
+    /* Values of 1 MiB: a 2 MiB answer crosses the 1 MiB stream window, so
+     * it arrives only if window is given back as it is consumed. */
+    size_t big_len = 1024 * 1024;
+    char *big = malloc(big_len + 1);
+    ASSERT(big != NULL);
+    for (size_t i = 0; i < big_len; i++) big[i] = (char)('a' + i % 26);
+    big[big_len] = '\0';
+    for (int i = 0; i < 2; i++) {
+        ASSERT_EQ(fix_put(&loop, c, i ? "big/2" : "big/1", big, &r), 0);
+        ASSERT(r.done);
+        ASSERT_EQ(r.code, 0);
+        ures_free(&r);
+    }
+    Etcdserverpb__RangeRequest bq = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    bq.key = fix_bin("big/");
+    bq.range_end = fix_bin("big0");
+    ASSERT_EQ(fix_call(&loop, c, "/etcdserverpb.KV/Range", &bq.base,
+                       &etcdserverpb__range_response__descriptor, &r, 10000),
+              0);
+    ASSERT(r.done);
+    ASSERT_EQ(r.code, 0);
+    const Etcdserverpb__RangeResponse *br = (const Etcdserverpb__RangeResponse *)r.resp;
+    ASSERT_EQ(br->n_kvs, 2);
+    ASSERT_EQ(br->kvs[1]->value.len, big_len);
+    ASSERT_MEM_EQ(br->kvs[1]->value.data, big, big_len);
+    ures_free(&r);
+    free(big);
+
     /* Many calls at once share the connection. */
     struct ures many[200];
     memset(many, 0, sizeof(many));
@@ -593,6 +621,16 @@ TEST(close_with_pending_calls) {
                                  &etcdserverpb__watch_response__descriptor, &S_CBS, &s, &s.s),
               0);
     ASSERT_EQ(watch_create(s.s, "a", "", 0, false, false), 0);
+    /* The stream's send queue is bounded. */
+    size_t key_len = 512 * 1024;
+    char *key = calloc(1, key_len + 1);
+    ASSERT(key != NULL);
+    memset(key, 'k', key_len);
+    int sent = 0, rc;
+    while ((rc = watch_create(s.s, key, "", 0, false, false)) == 0 && sent < 100) sent++;
+    free(key);
+    ASSERT_EQ(rc, CLIENT_EQUEUEFULL);
+    ASSERT_EQ(sent, CLIENT_STREAM_QUEUE_BYTES_MAX / key_len);
     fix_run_for(&loop, 20);
     ASSERT(!r.done);
     ASSERT(fix_client_close(&loop, c));
@@ -696,6 +734,40 @@ TEST(kill_etcd_midstream) {
     ASSERT_EQ(w.code, CLIENT_GRPC_UNAVAILABLE);
     ASSERT(!client_connected(c));
     ASSERT(fix_client_close(&loop, c));
+    ASSERT(loop_finish());
+}
+
+TEST(graceful_stop_goaway) {
+    loop_start();
+    static struct etcd g;
+    ASSERT_EQ(etcd_start(&g, false, NULL), 0);
+    struct client_options o;
+    client_options_init(&o);
+    ASSERT_EQ(etcd_wait_ready(&loop, &g, &o), 0);
+    o.backoff_min_ms = 50;
+    static struct fix_log log;
+    memset(&log, 0, sizeof(log));
+    log.echo = getenv("QFS_TEST_ECHO") != NULL;
+    const char *eps[] = {g.url};
+    struct client *c = new_client(eps, 1, &o, &log);
+    ASSERT(c != NULL);
+    struct sres w = {0};
+    ASSERT_EQ(client_stream_open(c, "/etcdserverpb.Watch/Watch",
+                                 &etcdserverpb__watch_response__descriptor, &S_CBS, &w, &w.s),
+              0);
+    ASSERT_EQ(watch_create(w.s, "g/", "g0", 0, false, false), 0);
+    RUN_UNTIL(&loop, w.n >= 1, 5000);
+    ASSERT_EQ(w.n, 1);
+    /* SIGTERM: etcd stops gracefully (GOAWAY, then the connection closes). */
+    ASSERT_EQ(kill(g.pid, SIGTERM), 0);
+    RUN_UNTIL(&loop, w.ended, 5000);
+    ASSERT(w.ended);
+    ASSERT_EQ(w.code, CLIENT_GRPC_UNAVAILABLE);
+    sres_free(&w);
+    RUN_UNTIL(&loop, !client_connected(c), 5000);
+    ASSERT(!client_connected(c));
+    ASSERT(fix_client_close(&loop, c));
+    etcd_kill(&g);
     ASSERT(loop_finish());
 }
 
