@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include "fs/fs_core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -29,6 +30,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,6 +79,7 @@ void fs_options_init(struct fs_options *opt) {
     opt->txn_ops_max = FS_TXN_OPS_MAX_DEFAULT;
     opt->uid = (uint32_t)getuid();
     opt->gid = (uint32_t)getgid();
+    opt->allow_other = geteuid() == 0;
     opt->file_mode = 0644;
     opt->dir_mode = 0755;
     opt->threads_max = FS_THREADS_MAX_DEFAULT;
@@ -1075,6 +1078,67 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* Detaches a stale mount at dir (root: umount2; else fusermount3 -u -z). */
+static void detach_stale(struct fs *fs, const char *dir) {
+    if (umount2(dir, MNT_DETACH) == 0 || errno != EPERM || fs->fusermount_path[0] == '\0')
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *const argv[] = {fs->fusermount_path, "-u", "-z", "--", (char *)dir, NULL};
+        execv(fs->fusermount_path, argv);
+        _exit(127);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+}
+
+/* The mountpoint checks of fs_run: 0 or FS_EMOUNT with fs->errmsg set. */
+static int check_mountpoint(struct fs *fs) {
+    const char *dir = fs->mountpoint;
+    struct stat st, pst;
+    if (stat(dir, &st) != 0 && (errno == ENOTCONN || errno == ECONNABORTED)) {
+        detach_stale(fs, dir); /* left by a killed process: reuse the directory */
+        if (stat(dir, &st) != 0 && (errno == ENOTCONN || errno == ECONNABORTED)) {
+            snprintf(fs->errmsg, sizeof fs->errmsg,
+                     "mountpoint %.180s: a stale mount that cannot be detached "
+                     "(fusermount3 -u -z %.30s)", dir, dir);
+            return FS_EMOUNT;
+        }
+    }
+    if (stat(dir, &st) != 0) {
+        snprintf(fs->errmsg, sizeof fs->errmsg, "mountpoint %.200s: %s", dir, strerror(errno));
+        return FS_EMOUNT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(fs->errmsg, sizeof fs->errmsg, "mountpoint %.200s is not a directory", dir);
+        return FS_EMOUNT;
+    }
+    size_t dl = strlen(dir);
+    char *parent = fs__cat(dir, dl, "/..", 3, NULL, 0, &dl);
+    if (parent == NULL) return -ENOMEM;
+    int pr = stat(parent, &pst);
+    free(parent);
+    if (pr != 0 || pst.st_dev != st.st_dev || pst.st_ino == st.st_ino) {
+        snprintf(fs->errmsg, sizeof fs->errmsg,
+                 "mountpoint %.100s is already a mount point (a live quorumfs or another "
+                 "filesystem); unmount it first: umount %.60s", dir, dir);
+        return FS_EMOUNT;
+    }
+    if (!fs->opt.mount_nonempty) {
+        DIR *d = opendir(dir);
+        int n = 0;
+        for (struct dirent *e; d != NULL && n == 0 && (e = readdir(d)) != NULL;)
+            n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+        if (d != NULL) closedir(d);
+        if (n > 0) {
+            snprintf(fs->errmsg, sizeof fs->errmsg,
+                     "mountpoint %.120s is not empty (its files would be hidden); "
+                     "allow it with mount_nonempty (--mount-nonempty)", dir);
+            return FS_EMOUNT;
+        }
+    }
+    return 0;
+}
+
 int fs_run(struct fs *fs) {
     FS_ASSERT(fs != NULL);
     int expected = FS__NEW;
@@ -1082,6 +1146,11 @@ int fs_run(struct fs *fs) {
         return FS_ESTATE;
     int rc = 0, started_inval = 0, started_work = 0;
     char opts[512];
+    rc = check_mountpoint(fs);
+    if (rc < 0) {
+        atomic_store(&fs->state, FS__DONE);
+        return rc;
+    }
     snprintf(opts, sizeof opts, "fsname=%s,subtype=quorumfs%s%s", fs->fsname,
              fs->opt.default_permissions ? ",default_permissions" : "",
              fs->opt.allow_other ? ",allow_other" : "");

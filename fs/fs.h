@@ -243,14 +243,21 @@ struct fs_options {
     uint32_t attr_timeout_ms;  /* kernel attribute cache */
     size_t value_bytes_max;  /* a write that makes a file larger fails EFBIG */
     uint32_t txn_ops_max;    /* most ops fs puts in one transaction */
-    uint32_t uid, gid;       /* owner of keys without metadata (default: the
-                                caller's) */
+    uint32_t uid, gid;       /* owner of keys without metadata and of
+                                directories without marker (default: the
+                                caller's real uid/gid, root for a node run as
+                                root); files created through the mount belong
+                                to their creator */
     uint32_t file_mode;      /* permissions of keys without metadata (0644) */
     uint32_t dir_mode;       /* permissions of directories without marker (0755) */
     uint32_t threads_max;    /* FUSE worker threads */
-    int allow_other;         /* -o allow_other (other users may enter) */
-    int default_permissions; /* -o default_permissions (kernel checks modes);
-                                default 1 */
+    int allow_other;         /* -o allow_other: other users may enter, as the
+                                modes allow; default 1 when run as root (as
+                                another user it needs user_allow_other in
+                                /etc/fuse.conf), else 0 */
+    int default_permissions; /* -o default_permissions (the kernel checks
+                                modes: others read 0644 files, only the owner
+                                writes); default 1 */
     int debug;               /* libfuse debug output on stderr */
     const char *fsname;      /* shown in /proc/mounts; default "quorumfs" */
     int replay;              /* replay non-local changes through the mountpoint
@@ -263,6 +270,8 @@ struct fs_options {
      * directory below it). Must not call back into fs. */
     void (*mounted_cb)(void *arg);
     void *mounted_arg;
+    int mount_nonempty;      /* mount over a directory that holds files (hidden
+                                while mounted); default 0: fs_run refuses */
 };
 
 /* Fills opt with the defaults above (mountpoint NULL). */
@@ -279,6 +288,11 @@ int fs_new(const struct fs_options *opt, const struct fs_backend *be, struct fs 
  * fs_stop is called. Before returning it waits until every submitted transaction's
  * done_cb arrived (the backend must keep answering, with an error if it is
  * shutting down), stops its own threads and unmounts. Call once per fs.
+ * Before mounting it checks the mountpoint: a stale mount left by a killed
+ * process (stat fails with ENOTCONN or ECONNABORTED) is detached and
+ * reused; a live mount (another quorumfs, any filesystem) or, unless
+ * opt.mount_nonempty, a directory holding files is refused with FS_EMOUNT
+ * and a message saying so (fs_errmsg).
  * Returns 0, FS_EMOUNT (see fs_errmsg), FS_ESTATE or a negative errno. */
 int fs_run(struct fs *fs);
 

@@ -198,7 +198,7 @@ struct fs {
     size_t prefix_len;
     struct fs_backend be;
     int64_t start_ns;
-    char errmsg[256];
+    char errmsg[512];
     int inited; /* locks and conditions initialised */
 
     _Atomic(struct fuse_session *) se;

@@ -1495,3 +1495,74 @@ MOUNT_TEST(pending_file_renamed_unlinked_chmoded, NULL) {
     ASSERT_EQ(applied_after(m, base + 2), base + 2);
     ASSERT_EQ(kv_has(m, "/gone"), 0);
 }
+
+/* ---- mountpoint safety and permissions ---- */
+
+/* fs_run over dir with these options: its return code and message. */
+static int run_over(const char *dir, int nonempty, char *msg, size_t msz) {
+    struct memback *mb = mb_new();
+    struct fs_options opt;
+    fs_options_init(&opt);
+    opt.mountpoint = dir;
+    opt.mount_nonempty = nonempty;
+    struct fs_backend be = mb_backend(mb);
+    struct fs *fs;
+    int rc = fs_new(&opt, &be, &fs);
+    if (rc == 0) {
+        fs_stop(fs); /* if it mounts, return right away */
+        rc = fs_run(fs);
+        snprintf(msg, msz, "%s", fs_errmsg(fs));
+        fs_free(fs);
+    }
+    mb_free(mb);
+    return rc;
+}
+
+MOUNT_TEST(refuses_live_mount_and_nonempty_directory, NULL) {
+    char msg[512];
+    ASSERT_EQ(write_str(P(m, "k"), "v"), 0);
+    ASSERT_EQ(run_over(m->dir, 0, msg, sizeof msg), FS_EMOUNT);
+    ASSERT(strstr(msg, "already a mount point") != NULL);
+    ASSERT_EQ(run_over(m->dir, 1, msg, sizeof msg), FS_EMOUNT); /* nonempty or not */
+    ASSERT_FILE(P(m, "k"), "v"); /* the first mount still serves */
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/qfs-ne-XXXXXX");
+    ASSERT(mkdtemp(dir) != NULL);
+    char f[96];
+    snprintf(f, sizeof f, "%s/file", dir);
+    ASSERT_EQ(write_str(f, "x"), 0);
+    ASSERT_EQ(run_over(dir, 0, msg, sizeof msg), FS_EMOUNT);
+    ASSERT(strstr(msg, "not empty") != NULL);
+    int rc = run_over(dir, 1, msg, sizeof msg); /* allowed: mounts, then stops */
+    if (is_mounted(dir)) umount2(dir, MNT_DETACH);
+    unlink(f);
+    rmdir(dir);
+    ASSERT_EQ(rc, 0);
+}
+
+MOUNT_TEST(other_users_read_only_the_owner_writes, NULL) {
+    ASSERT_EQ(write_str(P(m, "conf"), "v"), 0);
+    ASSERT_EQ(mkdir(P(m, "d"), 0755), 0);
+    mb_puts(m->mb, "/etcd-key", "e"); /* no metadata: opt's owner and modes */
+    ASSERT(eventually_reads(P(m, "etcd-key"), "e"));
+    struct stat st;
+    ASSERT_EQ(stat(P(m, "etcd-key"), &st), 0);
+    ASSERT_EQ(st.st_mode, S_IFREG | 0644);
+    ASSERT_EQ(st.st_uid, 0);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) { /* as nobody */
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(10);
+        char b[8];
+        int fd = open(P(m, "conf"), O_RDONLY);
+        if (fd < 0 || read(fd, b, sizeof b) != 1) _exit(11);
+        close(fd);
+        if (open(P(m, "conf"), O_WRONLY) != -1 || errno != EACCES) _exit(12);
+        if (open(P(m, "d/new"), O_WRONLY | O_CREAT, 0644) != -1 || errno != EACCES) _exit(13);
+        if (open(P(m, "etcd-key"), O_RDONLY) < 0) _exit(14);
+        _exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : 99, 0);
+}
