@@ -1,5 +1,10 @@
 /*
- * api.h - etcd v3 gRPC API transport: gRPC over HTTP/2 on a libuv loop.
+ * api.h - etcd v3 gRPC API transport: gRPC over HTTP/2 on a libuv loop,
+ * and on the same listeners HTTP/1.1 as etcd 3.4 serves it: GET /version,
+ * /health and /metrics, and the JSON gateway (POST /v3/... and /v3beta/...),
+ * whose requests are converted to the same protobuf messages and routed to
+ * the same struct api_backend entries as gRPC calls; replies are converted
+ * back to JSON by api/ (the backend cannot tell the two apart).
  *
  * This is the only public header of api/. It serves etcd's v3 gRPC API
  * (package etcdserverpb, see api/proto/) so that etcdctl and etcd client
@@ -120,6 +125,9 @@ const char *api_grpc_code_name(int code);
 #define API_STREAM_QUEUE_BYTES_DEFAULT (16u * 1024u * 1024u)
 /* Listen URLs accepted in one listen_client_urls string. */
 #define API_LISTENERS_MAX 16u
+/* What GET /version reports unless api_options says otherwise. */
+#define API_ETCD_VERSION "3.4.23"
+#define API_ETCD_CLUSTER_VERSION "3.4.0"
 /* Size of the buffer api_options.errmsg points to, if given. */
 #define API_ERRMSG_SIZE 256u
 
@@ -130,7 +138,7 @@ struct api_options {
      * (see api_server_port()). Required; borrowed during api_server_new(). */
     const char *listen_client_urls;
     /* PEM certificate chain and private key (etcd's --cert-file and
-     * --key-file). Both set: https:// listeners serve TLS with ALPN "h2";
+     * --key-file). Both set: https:// listeners serve TLS with ALPN "h2" or "http/1.1";
      * http:// listeners stay plaintext (h2c with prior knowledge). An
      * https:// URL without them is API_EURL. Borrowed during
      * api_server_new(). */
@@ -148,6 +156,13 @@ struct api_options {
     uint32_t max_connections;
     /* Per-stream send queue limit; see api_stream_send(). 0: default. */
     size_t stream_queue_bytes_max;
+    /* etcd's --listen-metrics-urls: more listeners (same syntax) serving
+     * only GET /metrics and /health over HTTP/1.1. NULL or "": none. */
+    const char *listen_metrics_urls;
+    /* GET /version's "etcdserver" and "etcdcluster" (NULL: the defaults
+     * above). Copied, at most 31 bytes each. */
+    const char *version_server;
+    const char *version_cluster;
     /* Optional: a buffer of API_ERRMSG_SIZE bytes that receives a sentence
      * saying why api_server_new() failed. */
     char *errmsg;
@@ -156,6 +171,7 @@ struct api_options {
 struct api_server; /* opaque */
 struct api_call;   /* one unary RPC in the hands of the backend */
 struct api_stream; /* one streaming RPC in the hands of the backend */
+struct api_text;   /* text being produced for GET /metrics */
 
 enum api_stream_event {
     API_STREAM_HALF_CLOSED = 1, /* the client sends no more requests */
@@ -230,6 +246,14 @@ struct api_backend {
     void (*move_leader)(void *ctx, struct api_call *call,
                         const Etcdserverpb__MoveLeaderRequest *req);
 
+    /* Optional: GET /health. Answer exactly once with api_reply_health()
+     * (the call follows the rules of a unary call). NULL: always healthy. */
+    void (*health)(void *ctx, struct api_call *call);
+    /* Optional: GET /metrics. Appends Prometheus text-format families with
+     * api_text_printf() before returning; api/ adds its own (grpc_server_*)
+     * after them. */
+    void (*metrics)(void *ctx, struct api_text *out);
+
     /* Optional, any stream kind: called once when a stream whose
      * api_stream_send() returned API_EQUEUEFULL has drained to half the
      * queue limit, so a producer (Snapshot) can resume where it stopped. */
@@ -282,6 +306,18 @@ int api_reply(struct api_call *call, const ProtobufCMessage *resp);
  * call is finished and freed. Returns 0 or API_ECLOSED.
  */
 int api_reply_error(struct api_call *call, enum api_grpc_code code, const char *message);
+
+/*
+ * Answers a /health call: 200 {"health":"true"} or 503 {"health":"false"}
+ * as etcd 3.4 does. The call is finished and freed. Returns 0 or
+ * API_ECLOSED.
+ */
+int api_reply_health(struct api_call *call, bool healthy);
+
+/* Appends formatted text to a /metrics answer. Returns 0, API_ETOOBIG or
+ * API_ENOMEM (the answer is then a 500). */
+int api_text_printf(struct api_text *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* True while the client still waits for the answer to `call`. */
 bool api_call_alive(const struct api_call *call);

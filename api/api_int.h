@@ -123,6 +123,9 @@ enum api__kind {
     API__BIDI_STREAM = 3,
 };
 
+/* Upper bound of the method table's size (asserted in methods.c). */
+#define API__METHODS_MAX 40u
+
 struct api__method {
     const char *path; /* "/etcdserverpb.KV/Range" */
     enum api__kind kind;
@@ -154,6 +157,147 @@ void api__dispatch_stream_request(const struct api_backend *be,
 void api__dispatch_stream_end(const struct api_backend *be, const struct api__method *m,
                               struct api_stream *s, enum api_stream_event ev);
 
+/* ---- buffers and the JSON codec (json.c) -------------------------------- */
+
+/* A growable byte buffer with a ceiling: appends past `max` bytes fail
+ * with API_ETOOBIG, allocation failures with API_ENOMEM; the first failure
+ * sticks (later appends are ignored), so a writer checks `failed` once. */
+struct api__buf {
+    uint8_t *p;
+    size_t len, cap; /* bytes used, allocated */
+    size_t max;      /* ceiling, bytes */
+    int failed;      /* 0 or the first error */
+};
+void api__buf_init(struct api__buf *b, size_t max);
+void api__buf_free(struct api__buf *b);
+int api__buf_reserve(struct api__buf *b, size_t n);
+int api__buf_add(struct api__buf *b, const void *p, size_t n);
+int api__buf_str(struct api__buf *b, const char *s);
+int api__buf_printf(struct api__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The backend's view of a buffer (api_text_printf). */
+struct api_text {
+    struct api__buf b;
+};
+
+/* Decoding found only whitespace: no value (not an error for a body). */
+#define API__JSON_EOF 1
+
+/* Appends `m` as JSON the way etcd's gateway marshals it (see json.c).
+ * Returns 0 or the buffer's error (API_ETOOBIG also for nesting deeper
+ * than API__PROTO_DEPTH_MAX). */
+int api__json_encode(struct api__buf *b, const ProtobufCMessage *m);
+int api__json_encode_depth(struct api__buf *b, const ProtobufCMessage *m, unsigned depth);
+/* Appends s[0..n) as a JSON string literal, escaped as Go escapes it. */
+int api__json_string(struct api__buf *b, const char *s, size_t n);
+/*
+ * Converts the first JSON value of p[0..n) into protobuf wire bytes of type
+ * `d` appended to `wire`; *consumed is where the value (and the whitespace
+ * before it) ends. Returns 0; API__JSON_EOF (only whitespace); or
+ * API_EMALFORMED, API_ETOOBIG, API_ENOMEM with Go's wording of the problem
+ * in err (NUL-terminated, cut to err_size).
+ */
+int api__json_decode(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n,
+                     size_t *consumed, struct api__buf *wire, char *err, size_t err_size);
+/* Go's StdEncoding.Decode: -1 and *out_len on success, else the offset of
+ * the corrupt input. out needs n / 4 * 3 + 3 bytes. */
+long api__b64_decode(const uint8_t *s, size_t n, uint8_t *out, size_t *out_len);
+
+/* ---- HTTP/1.1 (http1.c) ------------------------------------------------- */
+
+/* Request line and headers, bytes. */
+#define API__H1_HEAD_BYTES_MAX (64u * 1024u)
+/* Header fields per request. */
+#define API__H1_HEADERS_MAX 128u
+/* Input kept while a response is in progress (pipelined requests); past
+ * it the socket is not read until the response is out. */
+#define API__H1_PIPELINE_BYTES (64u * 1024u)
+/* Chunk-size and trailer lines of a chunked body, bytes each. */
+#define API__H1_CHUNK_LINE_MAX 4096u
+
+enum api__h1_method {
+    API__H1_OTHER = 0,
+    API__H1_GET,
+    API__H1_HEAD,
+    API__H1_POST,
+    API__H1_PUT,
+    API__H1_DELETE,
+    API__H1_OPTIONS,
+};
+
+/* A parsed request head. Offsets point into the parsed bytes. */
+struct api__h1_req {
+    enum api__h1_method method;
+    size_t target_off, target_len; /* request-target as sent */
+    size_t path_len;               /* its path: up to '?' */
+    int minor;                     /* HTTP/1.minor */
+    bool keep_alive;
+    bool chunked;                  /* Transfer-Encoding: chunked */
+    bool has_length;
+    uint64_t content_length;       /* bytes, when has_length */
+    bool expect_continue;
+    int error_status;              /* after a parse error: 400, 431, 501, 505 */
+};
+
+/*
+ * Parses a request head at p[0..n) (pure). Returns the head's length in
+ * bytes (> 0) once its empty line is in; 0 while incomplete (`scanned`
+ * keeps the search position across calls: start it at 0); or
+ * API_EMALFORMED / API_ETOOBIG with r->error_status set.
+ */
+int api__h1_parse_head(const uint8_t *p, size_t n, size_t *scanned, struct api__h1_req *r);
+
+/* Incremental decoder of a chunked body. */
+struct api__h1_chunked {
+    int state;
+    uint64_t remaining; /* bytes left in the current chunk */
+    size_t line;        /* bytes of the current size or trailer line */
+    unsigned digits;    /* hex digits of the size line; in a trailer line:
+                         * 1 after a CR, 2 once it has other content */
+};
+/* Consumes p[0..n) (sets *used), appending data to body (whose max is the
+ * body limit). Returns 1 at the end of the body, 0 for more, API_ETOOBIG
+ * or API_EMALFORMED. */
+int api__h1_chunked_feed(struct api__h1_chunked *ck, const uint8_t *p, size_t n, size_t *used,
+                         struct api__buf *body);
+
+/* The HTTP/1.1 state of a connection. */
+struct api__h1 {
+    struct api__buf in;         /* received bytes not yet consumed */
+    size_t scanned;             /* api__h1_parse_head's search position */
+    size_t head_len;            /* 0 until the current head parsed */
+    struct api__h1_req req;
+    struct api__h1_chunked ck;
+    struct api__buf body;       /* a chunked body, decoded */
+    size_t body_in;             /* input bytes the chunked body consumed */
+    bool continue_sent;         /* "100 Continue" written for this request */
+    struct api_call *active;    /* the request being answered, or NULL */
+    bool close_after;           /* close once the current response is out */
+    bool processing;            /* inside api__h1_pump */
+};
+
+struct api__conn;
+/* Bytes received on an HTTP/1.1 connection. Returns 0 or -1 (closing). */
+int api__h1_recv(struct api__conn *c, const uint8_t *p, size_t n);
+/* Answers complete requests while none is in progress. */
+void api__h1_pump(struct api__conn *c);
+/* True while the socket should not be read (pipelined input piles up). */
+bool api__h1_paused(const struct api__conn *c);
+void api__h1_free(struct api__conn *c);
+/* Answer paths of api_reply()/api_reply_error()/api_stream_*() for
+ * gateway calls. */
+int api__h1_answer(struct api_call *call, const ProtobufCMessage *msg, int code,
+                   const char *message);
+int api__h1_stream_send(struct api_call *call, const ProtobufCMessage *msg);
+/* The HTTP status etcd's gateway (grpc-gateway 1.9) uses for a gRPC code. */
+int api__h1_status_from_grpc(int code);
+
+/* ---- metrics (http1.c) --------------------------------------------------- */
+
+/* Counts a finished call of method `m` with gRPC status `code`. */
+void api__metrics_handled(struct api_server *s, const struct api__method *m, int code);
+void api__metrics_started(struct api_server *s, const struct api__method *m);
+
 /* ---- server and connections (server.c, conn.c) ------------------------- */
 
 /* Bytes handed to libuv and not yet written above which a connection stops
@@ -174,12 +318,114 @@ void api__dispatch_stream_end(const struct api_backend *be, const struct api__me
 #define API__H2_STREAM_WINDOW_BYTES (1024u * 1024u)
 #define API__H2_CONN_WINDOW_BYTES (16u * 1024u * 1024u)
 
-struct api__conn;
+/* "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": an HTTP/2 client with prior knowledge. */
+#define API__H2_PREFACE_BYTES 24u
+
+enum api__proto {
+    API__PROTO_UNKNOWN = 0, /* too few bytes yet */
+    API__PROTO_H2 = 1,
+    API__PROTO_H1 = 2,
+};
+
+/* One encoded response message waiting in a call's queue. */
+struct api__out_msg {
+    struct api__out_msg *next;
+    size_t len; /* prefix + message bytes */
+    size_t off; /* bytes already handed to nghttp2 */
+    /* followed by the bytes (headroom of api__grpc_encode) */
+};
+
+/* What a call answers: a gRPC call (HTTP/2), a JSON gateway request or a
+ * /health check (HTTP/1.1). */
+enum api__call_kind {
+    API__CALL_GRPC = 0,
+    API__CALL_GATEWAY = 1,
+    API__CALL_HEALTH = 2,
+};
+
+struct api_call {
+    struct api__conn *conn;         /* NULL once detached from its connection */
+    enum api__call_kind kind;
+    const struct api__method *m;    /* NULL until :path matched */
+    int32_t stream_id;
+    bool transport;                 /* the HTTP/2 stream is open */
+    bool backend;                   /* the backend holds the call */
+    unsigned busy;                  /* backend entries running for this call */
+    bool dispatched;                /* the request message was delivered */
+    bool headers_sent;              /* response HEADERS submitted */
+    bool finishing;                 /* status decided; trailers follow the queue */
+    bool half_close_told;           /* API_STREAM_HALF_CLOSED reported */
+    bool cancel_told;               /* API_STREAM_CANCELLED reported */
+    bool drain_wanted;              /* api_stream_send() said API_EQUEUEFULL */
+    bool drain_due;                 /* queue drained: tell the backend */
+    /* Request header facts, valid until the headers are complete. */
+    bool is_post;
+    bool grpc_content_type;
+    size_t header_bytes;
+    char *path;                     /* copy of :path while unmatched */
+    size_t path_len;
+    /* Status for the trailers, once finishing. */
+    int code;
+    char *message;                  /* percent-encoded grpc-message or NULL */
+    int http_status;
+    /* Outgoing messages. */
+    struct api__out_msg *q_head, *q_tail;
+    size_t q_bytes;
+    /* Incoming messages. */
+    struct api__grpc_reader rd;
+    ProtobufCMessage *req;          /* unary: owned until answered */
+    void *user;                     /* api_stream_set_data() */
+    struct api_call *prev, *next;   /* the connection's calls */
+};
+
+/* A stream handle is a call; the distinct type keeps unary and streaming
+ * functions from being mixed up by the backend. */
+struct api_stream {
+    struct api_call c;
+};
+
+/* One uv_write: a chunk of output. */
+struct api__out_chunk {
+    uv_write_t req;
+    struct api__conn *conn;
+    size_t len;
+    uint8_t data[API__CONN_WRITE_CHUNK_BYTES];
+};
+
+struct api__conn {
+    struct api_server *server;
+    uv_tcp_t tcp;
+    bool detached;                  /* no socket (fuzzing): output is dropped */
+    bool metrics_only;              /* a --listen-metrics-urls listener's */
+    enum api__proto proto;          /* decided by the first bytes or ALPN */
+    uint8_t sniff[API__H2_PREFACE_BYTES]; /* first bytes while undecided */
+    size_t sniff_len;
+    struct api__h1 h1;              /* proto == API__PROTO_H1 */
+    nghttp2_session *h2;            /* NULL until HTTP/2 is chosen */
+    SSL *ssl;                       /* NULL for plaintext */
+    BIO *rbio, *wbio;               /* owned by ssl */
+    bool tls_ready;                 /* handshake done */
+    bool closing;
+    bool reading;                   /* uv_read_start active */
+    bool in_recv;                   /* inside nghttp2_session_mem_recv */
+    bool dirty;                     /* on server->dirty */
+    struct api__conn *dirty_next;
+    struct api__conn *prev, *next;  /* server->conns (while not closing) */
+    struct api_call *calls;         /* calls whose HTTP/2 stream is open */
+    size_t write_bytes;             /* handed to uv_write, not yet written */
+    size_t recv_buffered;           /* heap bytes in the calls' readers */
+    uint8_t *det_out;               /* detached: output kept for the test */
+    size_t det_len, det_cap;
+    unsigned drain_due;             /* calls with drain_due set */
+    struct api__out_chunk *out;          /* chunk being filled */
+};
+
 
 struct api__listener {
     uv_tcp_t tcp;
     struct api_server *server;
     bool tls;       /* https:// */
+    bool metrics_only; /* --listen-metrics-urls: /metrics and /health only */
     int port;       /* bound port */
     bool open;      /* handle initialised and not yet closed */
 };
@@ -208,6 +454,13 @@ struct api_server {
     /* Reads are handled to completion inside the read callback, so one
      * buffer of each kind serves every connection. */
     uint8_t read_buf[API__READ_BYTES];
+    /* Calls finished, per method and gRPC code (grpc_server_handled_total),
+     * and started, per method. */
+    uint64_t handled[API__METHODS_MAX][API_GRPC_UNAUTHENTICATED + 1];
+    uint64_t started[API__METHODS_MAX];
+    const char *version_server;    /* /version, static or the options' */
+    const char *version_cluster;
+    char version_buf[2][32];
     uint8_t plain_buf[API__TLS_PLAIN_BYTES];
 };
 
@@ -215,6 +468,16 @@ struct api_server {
 void api__conn_accept(struct api__listener *l);
 /* Starts closing a connection; freed from its libuv close callback. */
 void api__conn_close(struct api__conn *c);
+/* Appends plaintext output (through TLS when the connection has it). */
+int api__conn_write(struct api__conn *c, const void *p, size_t n);
+/* Frees a call no holder keeps. */
+void api__call_maybe_free(struct api_call *call);
+/* Whether the client can no longer be reached for this call. */
+bool api__call_gone(const struct api_call *call);
+/* Links a new call into its connection's list. */
+void api__conn_link_call(struct api__conn *c, struct api_call *call);
+/* The transport is done with an HTTP/1.1 call: unlinks it. */
+void api__conn_unlink_call(struct api_call *call);
 /* Writes out what nghttp2 has to send (conn.c); used by the idle flush. */
 void api__conn_flush(struct api__conn *c);
 /* Called by conn.c when a connection is freed (server.c). */

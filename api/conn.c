@@ -1,5 +1,11 @@
 /*
- * conn.c - one client connection: TLS, HTTP/2 (nghttp2), gRPC calls.
+ * conn.c - one client connection: TLS, protocol detection, HTTP/2
+ * (nghttp2), gRPC calls.
+ *
+ * A connection serves HTTP/2 or HTTP/1.1, decided once: under TLS by ALPN
+ * ("h2" or "http/1.1"), otherwise by its first bytes (the HTTP/2 client
+ * preface, with prior knowledge, or anything else: HTTP/1.1, which
+ * http1.c serves). Until then at most API__H2_PREFACE_BYTES are held.
  *
  * Bytes flow  socket -> [TLS via memory BIOs] -> nghttp2_session_mem_recv()
  * -> callbacks below -> gRPC reader -> protobuf -> struct api_backend; and
@@ -36,85 +42,6 @@
 
 #include "api/api_int.h"
 
-/* One encoded response message waiting in a call's queue. */
-struct out_msg {
-    struct out_msg *next;
-    size_t len; /* prefix + message bytes */
-    size_t off; /* bytes already handed to nghttp2 */
-    /* followed by the bytes (headroom of api__grpc_encode) */
-};
-
-struct api_call {
-    struct api__conn *conn;         /* NULL once detached from its connection */
-    const struct api__method *m;    /* NULL until :path matched */
-    int32_t stream_id;
-    bool transport;                 /* the HTTP/2 stream is open */
-    bool backend;                   /* the backend holds the call */
-    unsigned busy;                  /* backend entries running for this call */
-    bool dispatched;                /* the request message was delivered */
-    bool headers_sent;              /* response HEADERS submitted */
-    bool finishing;                 /* status decided; trailers follow the queue */
-    bool half_close_told;           /* API_STREAM_HALF_CLOSED reported */
-    bool cancel_told;               /* API_STREAM_CANCELLED reported */
-    bool drain_wanted;              /* api_stream_send() said API_EQUEUEFULL */
-    bool drain_due;                 /* queue drained: tell the backend */
-    /* Request header facts, valid until the headers are complete. */
-    bool is_post;
-    bool grpc_content_type;
-    size_t header_bytes;
-    char *path;                     /* copy of :path while unmatched */
-    size_t path_len;
-    /* Status for the trailers, once finishing. */
-    int code;
-    char *message;                  /* percent-encoded grpc-message or NULL */
-    int http_status;
-    /* Outgoing messages. */
-    struct out_msg *q_head, *q_tail;
-    size_t q_bytes;
-    /* Incoming messages. */
-    struct api__grpc_reader rd;
-    ProtobufCMessage *req;          /* unary: owned until answered */
-    void *user;                     /* api_stream_set_data() */
-    struct api_call *prev, *next;   /* the connection's calls */
-};
-
-/* A stream handle is a call; the distinct type keeps unary and streaming
- * functions from being mixed up by the backend. */
-struct api_stream {
-    struct api_call c;
-};
-
-/* One uv_write: a chunk of output. */
-struct out_chunk {
-    uv_write_t req;
-    struct api__conn *conn;
-    size_t len;
-    uint8_t data[API__CONN_WRITE_CHUNK_BYTES];
-};
-
-struct api__conn {
-    struct api_server *server;
-    uv_tcp_t tcp;
-    bool detached;                  /* no socket (fuzzing): output is dropped */
-    nghttp2_session *h2;
-    SSL *ssl;                       /* NULL for plaintext */
-    BIO *rbio, *wbio;               /* owned by ssl */
-    bool tls_ready;                 /* handshake done */
-    bool closing;
-    bool reading;                   /* uv_read_start active */
-    bool in_recv;                   /* inside nghttp2_session_mem_recv */
-    bool dirty;                     /* on server->dirty */
-    struct api__conn *dirty_next;
-    struct api__conn *prev, *next;  /* server->conns (while not closing) */
-    struct api_call *calls;         /* calls whose HTTP/2 stream is open */
-    size_t write_bytes;             /* handed to uv_write, not yet written */
-    size_t recv_buffered;           /* heap bytes in the calls' readers */
-    uint8_t *det_out;               /* detached: output kept for the test */
-    size_t det_len, det_cap;
-    unsigned drain_due;             /* calls with drain_due set */
-    struct out_chunk *out;          /* chunk being filled */
-};
-
 static void call_finish(struct api_call *call, int code, const char *message);
 static void conn_read_start(struct api__conn *c);
 
@@ -128,10 +55,14 @@ static bool call_gone(const struct api_call *call) {
     return call->conn == NULL || call->conn->closing || !call->transport;
 }
 
+bool api__call_gone(const struct api_call *call) {
+    return call_gone(call);
+}
+
 static void queue_free(struct api_call *call) {
-    struct out_msg *m = call->q_head;
+    struct api__out_msg *m = call->q_head;
     while (m != NULL) {
-        struct out_msg *next = m->next;
+        struct api__out_msg *next = m->next;
         free(m);
         m = next;
     }
@@ -139,7 +70,7 @@ static void queue_free(struct api_call *call) {
     call->q_bytes = 0;
 }
 
-static void call_maybe_free(struct api_call *call) {
+void api__call_maybe_free(struct api_call *call) {
     if (call->transport || call->backend || call->busy > 0) return;
     API__ASSERT(call->conn == NULL);
     queue_free(call);
@@ -185,6 +116,20 @@ static void call_unlink(struct api_call *call) {
     }
 }
 
+void api__conn_link_call(struct api__conn *c, struct api_call *call) {
+    call->conn = c;
+    call->transport = true;
+    call->next = c->calls;
+    if (c->calls != NULL) c->calls->prev = call;
+    c->calls = call;
+}
+
+void api__conn_unlink_call(struct api_call *call) {
+    call_unlink(call);
+    call->transport = false;
+    call->conn = NULL;
+}
+
 /* ---- output ------------------------------------------------------------------ */
 
 static void conn_mark_dirty(struct api__conn *c) {
@@ -205,7 +150,7 @@ static void conn_unmark_dirty(struct api__conn *c) {
 }
 
 static void on_write(uv_write_t *req, int status) {
-    struct out_chunk *ch = (struct out_chunk *)req;
+    struct api__out_chunk *ch = (struct api__out_chunk *)req;
     struct api__conn *c = ch->conn;
     API__ASSERT(c->write_bytes >= ch->len);
     c->write_bytes -= ch->len;
@@ -215,14 +160,22 @@ static void on_write(uv_write_t *req, int status) {
         api__conn_close(c);
         return;
     }
-    /* Reading stopped while output piled up (on_read); resume. */
-    if (!c->reading && c->write_bytes < API__CONN_WRITE_HIGH_BYTES / 2) conn_read_start(c);
+    /* An HTTP/1.1 stream waits for the socket itself, not for a queue. */
+    struct api_call *a = c->proto == API__PROTO_H1 ? c->h1.active : NULL;
+    if (a != NULL && a->drain_wanted && c->write_bytes <= c->server->stream_queue_max / 2) {
+        a->drain_wanted = false;
+        if (!a->drain_due) {
+            a->drain_due = true;
+            c->drain_due++;
+        }
+    }
+    /* Reading stopped while output piled up (on_read); flush resumes it. */
     api__conn_flush(c);
 }
 
 /* Hands the filled chunk to libuv. */
 static int out_submit(struct api__conn *c) {
-    struct out_chunk *ch = c->out;
+    struct api__out_chunk *ch = c->out;
     if (ch == NULL || ch->len == 0) return 0;
     c->out = NULL;
     if (c->detached) {
@@ -293,6 +246,14 @@ static int tls_drain(struct api__conn *c) {
     }
 }
 
+static int out_plain(struct api__conn *c, const uint8_t *p, size_t n);
+
+int api__conn_write(struct api__conn *c, const void *p, size_t n) {
+    if (c->closing) return API_ECLOSED;
+    conn_mark_dirty(c);
+    return out_plain(c, p, n);
+}
+
 static int out_plain(struct api__conn *c, const uint8_t *p, size_t n) {
     if (c->ssl == NULL) return out_append(c, p, n);
     while (n > 0) {
@@ -321,7 +282,7 @@ static void conn_tell_drained(struct api__conn *c) {
             call->busy++;
             c->server->be.stream_drained(c->server->be.ctx, as_stream(call));
             call->busy--;
-            call_maybe_free(call);
+            api__call_maybe_free(call);
         }
     }
 }
@@ -330,7 +291,11 @@ void api__conn_flush(struct api__conn *c) {
     conn_unmark_dirty(c);
     if (c->closing || c->in_recv) return;
     int rc = 0;
-    if (c->ssl == NULL || c->tls_ready) {
+    if (c->proto == API__PROTO_H1) {
+        api__h1_pump(c);
+        if (c->closing) return;
+    }
+    if (c->proto == API__PROTO_H2 && (c->ssl == NULL || c->tls_ready)) {
         while (c->write_bytes < API__CONN_WRITE_HIGH_BYTES) {
             const uint8_t *p;
             ssize_t n = nghttp2_session_mem_send(c->h2, &p);
@@ -351,9 +316,19 @@ void api__conn_flush(struct api__conn *c) {
     }
     conn_tell_drained(c);
     if (c->closing) return;
-    if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2) &&
-        c->write_bytes == 0)
+    if (c->proto == API__PROTO_H2 && !nghttp2_session_want_read(c->h2) &&
+        !nghttp2_session_want_write(c->h2) && c->write_bytes == 0) {
         api__conn_close(c);
+        return;
+    }
+    if (c->proto == API__PROTO_H1 && c->h1.close_after && c->h1.active == NULL &&
+        c->write_bytes == 0) {
+        api__conn_close(c);
+        return;
+    }
+    if (!c->reading && c->write_bytes < API__CONN_WRITE_HIGH_BYTES / 2 &&
+        !(c->proto == API__PROTO_H1 && api__h1_paused(c)))
+        conn_read_start(c);
 }
 
 /* ---- responses ---------------------------------------------------------- */
@@ -364,7 +339,7 @@ static ssize_t data_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
     struct api_call *call = source->ptr;
     size_t n = 0;
     while (n < length && call->q_head != NULL) {
-        struct out_msg *m = call->q_head;
+        struct api__out_msg *m = call->q_head;
         size_t take = m->len - m->off;
         if (take > length - n) take = length - n;
         memcpy(buf + n, (uint8_t *)(m + 1) + m->off, take);
@@ -422,7 +397,7 @@ static int call_send_headers(struct api_call *call) {
 
 /* Queues an encoded message (from api__grpc_encode with out_msg headroom). */
 static int call_enqueue(struct api_call *call, uint8_t *buf, size_t len) {
-    struct out_msg *m = (struct out_msg *)buf;
+    struct api__out_msg *m = (struct api__out_msg *)buf;
     m->next = NULL;
     m->len = len;
     m->off = 0;
@@ -453,6 +428,7 @@ static void call_finish(struct api_call *call, int code, const char *message) {
     struct api__conn *c = call->conn;
     call->finishing = true;
     call->code = code;
+    if (call->m != NULL) api__metrics_handled(c->server, call->m, code);
     if (message != NULL && message[0] != '\0') {
         char enc[API__GRPC_MESSAGE_ENCODED_MAX];
         size_t n = api__grpc_percent_encode(message, strlen(message), enc);
@@ -517,7 +493,7 @@ static int call_answer(struct api_call *call, const ProtobufCMessage *msg, int c
     if (msg != NULL) {
         uint8_t *buf;
         size_t len;
-        rc = api__grpc_encode(msg, call->conn->server->max_send_bytes, sizeof(struct out_msg),
+        rc = api__grpc_encode(msg, call->conn->server->max_send_bytes, sizeof(struct api__out_msg),
                               &buf, &len);
         if (rc == 0) rc = call_enqueue(call, buf, len);
         if (rc == API_ETOOBIG) {
@@ -544,8 +520,9 @@ int api_reply(struct api_call *call, const ProtobufCMessage *resp) {
     API__ASSERT(resp->descriptor == call->m->resp);
     assert_loop_thread(call);
     call->backend = false;
-    int rc = call_answer(call, resp, API_GRPC_OK, NULL);
-    call_maybe_free(call);
+    int rc = call->kind == API__CALL_GRPC ? call_answer(call, resp, API_GRPC_OK, NULL)
+                                          : api__h1_answer(call, resp, API_GRPC_OK, NULL);
+    api__call_maybe_free(call);
     return rc;
 }
 
@@ -557,8 +534,9 @@ int api_reply_error(struct api_call *call, enum api_grpc_code code, const char *
     API__ASSERT((int)code > 0 && (int)code <= API_GRPC_UNAUTHENTICATED);
     assert_loop_thread(call);
     call->backend = false;
-    int rc = call_answer(call, NULL, (int)code, message);
-    call_maybe_free(call);
+    int rc = call->kind == API__CALL_GRPC ? call_answer(call, NULL, (int)code, message)
+                                          : api__h1_answer(call, NULL, (int)code, message);
+    api__call_maybe_free(call);
     return rc;
 }
 
@@ -575,6 +553,7 @@ int api_stream_send(struct api_stream *stream, const ProtobufCMessage *msg) {
     API__ASSERT(msg->descriptor == call->m->resp);
     assert_loop_thread(call);
     if (call_gone(call) || call->finishing) return API_ECLOSED;
+    if (call->kind != API__CALL_GRPC) return api__h1_stream_send(call, msg);
     struct api_server *s = call->conn->server;
     if (call->q_bytes >= s->stream_queue_max) {
         call->drain_wanted = true;
@@ -582,7 +561,7 @@ int api_stream_send(struct api_stream *stream, const ProtobufCMessage *msg) {
     }
     uint8_t *buf;
     size_t len;
-    int rc = api__grpc_encode(msg, s->max_send_bytes, sizeof(struct out_msg), &buf, &len);
+    int rc = api__grpc_encode(msg, s->max_send_bytes, sizeof(struct api__out_msg), &buf, &len);
     if (rc != 0) return rc;
     return call_enqueue(call, buf, len);
 }
@@ -595,8 +574,9 @@ int api_stream_close(struct api_stream *stream, enum api_grpc_code code, const c
     API__ASSERT((int)code >= 0 && (int)code <= API_GRPC_UNAUTHENTICATED);
     assert_loop_thread(call);
     call->backend = false;
-    int rc = call_answer(call, NULL, (int)code, message);
-    call_maybe_free(call);
+    int rc = call->kind == API__CALL_GRPC ? call_answer(call, NULL, (int)code, message)
+                                          : api__h1_answer(call, NULL, (int)code, message);
+    api__call_maybe_free(call);
     return rc;
 }
 
@@ -692,6 +672,7 @@ static void call_start(struct api_call *call) {
         return;
     }
     api__grpc_reader_init(&call->rd, s->max_recv_bytes);
+    api__metrics_started(s, call->m);
     if (call->m->kind == API__BIDI_STREAM) {
         call->backend = true;
         call->busy++;
@@ -864,7 +845,7 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id, uint32_t erro
     call_tell_cancel(call, c->server);
     call->conn = NULL;
     call->busy--;
-    call_maybe_free(call);
+    api__call_maybe_free(call);
     return c->closing ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
@@ -882,8 +863,12 @@ static nghttp2_session_callbacks *callbacks_new(void) {
 
 /* ---- connection life cycle ------------------------------------------------ */
 
-static int conn_init(struct api__conn *c, struct api_server *s, bool tls) {
-    c->server = s;
+/* HTTP/2 was chosen: the session, and our SETTINGS as the server preface. */
+static int conn_start_h2(struct api__conn *c) {
+    struct api_server *s = c->server;
+    API__ASSERT(c->proto == API__PROTO_UNKNOWN);
+    API__ASSERT(c->h2 == NULL);
+    c->proto = API__PROTO_H2;
     nghttp2_session_callbacks *cbs = callbacks_new();
     if (cbs == NULL) return API_ENOMEM;
     /* etcdctl sends ":authority: passthrough:///http://HOST:PORT", which
@@ -908,6 +893,14 @@ static int conn_init(struct api__conn *c, struct api_server *s, bool tls) {
         nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0,
                                               API__H2_CONN_WINDOW_BYTES) != 0)
         return API_ENOMEM;
+    return 0;
+}
+
+static int conn_init(struct api__conn *c, struct api_server *s, bool tls, bool metrics_only) {
+    c->server = s;
+    c->metrics_only = metrics_only;
+    /* A metrics listener serves HTTP/1.1 only, as etcd's does in effect. */
+    if (metrics_only) c->proto = API__PROTO_H1;
     if (tls) {
         API__ASSERT(s->tls != NULL);
         c->ssl = SSL_new(s->tls);
@@ -949,11 +942,12 @@ static void conn_teardown(struct api__conn *c) {
         call_tell_cancel(call, c->server);
         call->conn = NULL;
         call->busy--;
-        call_maybe_free(call);
+        api__call_maybe_free(call);
     }
     SSL_free(c->ssl);
     free(c->out);
     free(c->det_out);
+    api__h1_free(c);
     struct api_server *s = c->server;
     free(c);
     api__server_conn_gone(s);
@@ -978,8 +972,37 @@ void api__conn_close(struct api__conn *c) {
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
-/* Feeds plaintext to nghttp2. */
+static int conn_recv_plain(struct api__conn *c, const uint8_t *p, size_t n);
+
+/* Decides the protocol from the first bytes: the HTTP/2 client preface
+ * (prior knowledge) or anything else, HTTP/1.1. The bytes held meanwhile
+ * are then fed to the chosen protocol, followed by the rest of p. */
+static int conn_sniff(struct api__conn *c, const uint8_t *p, size_t n) {
+    static const char preface[] = NGHTTP2_CLIENT_MAGIC;
+    _Static_assert(sizeof(preface) - 1 == API__H2_PREFACE_BYTES, "preface length");
+    size_t take = API__H2_PREFACE_BYTES - c->sniff_len;
+    if (take > n) take = n;
+    memcpy(c->sniff + c->sniff_len, p, take);
+    c->sniff_len += take;
+    bool prefix = memcmp(c->sniff, preface, c->sniff_len) == 0;
+    if (prefix && c->sniff_len < API__H2_PREFACE_BYTES) return 0;
+    if (prefix) {
+        if (conn_start_h2(c) != 0) {
+            api__conn_close(c);
+            return -1;
+        }
+    } else {
+        c->proto = API__PROTO_H1;
+    }
+    if (conn_recv_plain(c, c->sniff, c->sniff_len) != 0) return -1;
+    if (n > take) return conn_recv_plain(c, p + take, n - take);
+    return 0;
+}
+
+/* Feeds plaintext to the connection's protocol. */
 static int conn_recv_plain(struct api__conn *c, const uint8_t *p, size_t n) {
+    if (c->proto == API__PROTO_UNKNOWN) return conn_sniff(c, p, n);
+    if (c->proto == API__PROTO_H1) return api__h1_recv(c, p, n);
     c->in_recv = true;
     ssize_t rv = nghttp2_session_mem_recv(c->h2, p, n);
     c->in_recv = false;
@@ -1005,6 +1028,16 @@ static int conn_recv_tls(struct api__conn *c, const uint8_t *p, size_t n) {
             goto err_close;
         }
         c->tls_ready = true;
+        const unsigned char *alpn = NULL;
+        unsigned alpn_len = 0;
+        SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
+        if (c->proto == API__PROTO_UNKNOWN && alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
+            if (conn_start_h2(c) != 0) goto err_close;
+        } else if (c->proto == API__PROTO_UNKNOWN && alpn_len == 8 &&
+                   memcmp(alpn, "http/1.1", 8) == 0) {
+            c->proto = API__PROTO_H1;
+        }
+        /* No ALPN: the first bytes decide, as on a plaintext listener. */
     }
     for (;;) {
         int r = SSL_read(c->ssl, s->plain_buf, (int)sizeof(s->plain_buf));
@@ -1045,9 +1078,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     if (conn_recv(c, (const uint8_t *)buf->base, (size_t)nread) != 0) return;
     api__conn_flush(c);
     if (c->closing) return;
-    /* The client reads slower than it asks: stop reading until libuv has
-     * written what is queued (on_write resumes). */
-    if (c->write_bytes >= API__CONN_WRITE_HIGH_BYTES && c->reading) {
+    /* The client reads slower than it asks, or pipelines requests faster
+     * than they are answered: stop reading until libuv has written what is
+     * queued (on_write resumes) or the answer is out (flush resumes). */
+    bool paused = c->proto == API__PROTO_H1 && api__h1_paused(c);
+    if ((c->write_bytes >= API__CONN_WRITE_HIGH_BYTES || paused) && c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
     }
@@ -1093,7 +1128,7 @@ void api__conn_accept(struct api__listener *l) {
     c->tcp.data = c;
     c->server = s;
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0 ||
-        conn_init(c, s, l->tls) != 0) {
+        conn_init(c, s, l->tls, l->metrics_only) != 0) {
         /* conn_init() links the connection only when it succeeds. */
         nghttp2_session_del(c->h2);
         SSL_free(c->ssl);
@@ -1111,7 +1146,7 @@ struct api__conn *api__conn_new_detached(struct api_server *s) {
     struct api__conn *c = calloc(1, sizeof(*c));
     if (c == NULL) return NULL;
     c->detached = true;
-    if (conn_init(c, s, false) != 0) {
+    if (conn_init(c, s, false, false) != 0) {
         nghttp2_session_del(c->h2);
         free(c);
         return NULL;

@@ -98,6 +98,8 @@ enum method_id {
 #undef S_ID
 };
 
+_Static_assert(M_COUNT <= API__METHODS_MAX, "API__METHODS_MAX covers the table");
+
 static const struct api__method methods[M_COUNT] = {
 #define U_ROW(id, path, entry, type, reqd, respd) {path, API__UNARY, &reqd, &respd, M_##id},
 #define S_ROW(id, path, kind, open, req, end, type, reqd, respd)                       \

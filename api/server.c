@@ -93,17 +93,19 @@ static int url_parse(const char *s, size_t len, struct url *u) {
 
 /* ---- TLS ---------------------------------------------------------------- */
 
-/* gRPC runs over HTTP/2 only: select "h2" or fail the handshake. */
+/* "h2" (gRPC) when the client offers it, else "http/1.1" (the gateway,
+ * /health, /version, /metrics), as Go's server prefers; a client offering
+ * neither gets no ALPN answer and the first bytes decide (conn.c). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
     (void)ssl;
     (void)arg;
-    static const unsigned char h2[] = "\x02h2";
+    static const unsigned char ours[] = "\x02h2\x08http/1.1";
     unsigned char *sel = NULL;
     unsigned char sel_len = 0;
-    if (SSL_select_next_proto(&sel, &sel_len, h2, sizeof(h2) - 1, in, inlen) !=
+    if (SSL_select_next_proto(&sel, &sel_len, ours, sizeof(ours) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
-        return SSL_TLSEXT_ERR_ALERT_FATAL;
+        return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     *outlen = sel_len;
     return SSL_TLSEXT_ERR_OK;
@@ -198,6 +200,12 @@ static int options_apply(struct api_server *s, const struct api_options *o) {
     s->max_conns = o->max_connections ? o->max_connections : API_MAX_CONNECTIONS_DEFAULT;
     s->stream_queue_max = o->stream_queue_bytes_max ? o->stream_queue_bytes_max
                                                     : API_STREAM_QUEUE_BYTES_DEFAULT;
+    snprintf(s->version_buf[0], sizeof(s->version_buf[0]), "%s",
+             o->version_server ? o->version_server : API_ETCD_VERSION);
+    snprintf(s->version_buf[1], sizeof(s->version_buf[1]), "%s",
+             o->version_cluster ? o->version_cluster : API_ETCD_CLUSTER_VERSION);
+    s->version_server = s->version_buf[0];
+    s->version_cluster = s->version_buf[1];
     if ((o->cert_file == NULL) != (o->key_file == NULL)) {
         errmsgf(o, "cert_file and key_file must be given together");
         return API_EINVAL;
@@ -205,8 +213,9 @@ static int options_apply(struct api_server *s, const struct api_options *o) {
     return 0;
 }
 
-static int listen_all(struct api_server *s, const struct api_options *o) {
-    const char *p = o->listen_client_urls;
+static int listen_all(struct api_server *s, const struct api_options *o, const char *urls,
+                      bool metrics_only) {
+    const char *p = urls;
     while (*p != '\0') {
         while (*p == ' ' || *p == ',') p++;
         if (*p == '\0') break;
@@ -235,11 +244,18 @@ static int listen_all(struct api_server *s, const struct api_options *o) {
         l->open = true;
         l->server = s;
         l->tls = u.tls;
+        l->metrics_only = metrics_only;
         l->tcp.data = l;
         rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&u.addr, 0);
-        if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
+        const char *step = "bind";
+        if (rc == 0) {
+            rc = uv_listen((uv_stream_t *)&l->tcp, LISTEN_BACKLOG, on_connection);
+            /* libuv reports bind's errors from uv_listen. */
+            if (rc != UV_EADDRINUSE && rc != UV_EADDRNOTAVAIL && rc != UV_EACCES) step = "listen";
+        }
         if (rc != 0) {
-            errmsgf(o, "cannot listen on \"%.*s\": %s", (int)(e - p > 100 ? 100 : e - p), p,
+            /* Go's wording, which etcd prints: "...: bind: address already in use". */
+            errmsgf(o, "cannot listen on %.*s: %s: %s", (int)(e - p > 100 ? 100 : e - p), p, step,
                     uv_strerror(rc));
             return rc;
         }
@@ -251,7 +267,7 @@ static int listen_all(struct api_server *s, const struct api_options *o) {
                                                  : ((struct sockaddr_in *)&ss)->sin_port);
         p = e;
     }
-    if (s->n_listeners == 0) {
+    if (s->n_listeners == 0 && !metrics_only) {
         errmsgf(o, "no listen URL given");
         return API_EURL;
     }
@@ -301,7 +317,9 @@ int api_server_new(uv_loop_t *loop, const struct api_options *opts,
     s->flush_idle.data = s;
     s->idle_open = true;
     s->handles_open++;
-    rc = listen_all(s, opts);
+    rc = listen_all(s, opts, opts->listen_client_urls, false);
+    if (rc == 0 && opts->listen_metrics_urls != NULL && opts->listen_metrics_urls[0] != '\0')
+        rc = listen_all(s, opts, opts->listen_metrics_urls, true);
     if (rc != 0) goto err_close;
     *out = s;
     return 0;

@@ -29,7 +29,8 @@ struct flag {
 static const struct flag flags[] = {
     {"name", "NAME", "human-readable name of this member (default \"default\")"},
     {"data-dir", "DIR", "path to the data directory (default \"./data\")"},
-    {"listen-client-urls", "URLS", "URLs to listen on for client (etcd v3 gRPC) traffic (default http://127.0.0.1:2379)"},
+    {"listen-client-urls", "URLS", "URLs to listen on for client traffic: etcd v3 gRPC, and HTTP/1.1 for the JSON gateway, /health, /version, /metrics (default http://127.0.0.1:2379)"},
+    {"listen-metrics-urls", "URLS", "more URLs serving only /metrics and /health over HTTP/1.1 (default none)"},
     {"advertise-client-urls", "URLS", "client URLs to advertise to the rest of the cluster (default: the listen URLs)"},
     {"listen-peer-urls", "URLS", "URLs to listen on for peer traffic (default http://127.0.0.1:2380)"},
     {"initial-advertise-peer-urls", "URLS", "this member's peer URLs to advertise (default: the listen peer URLs)"},
@@ -47,7 +48,7 @@ static const struct flag flags[] = {
     {"mount-consistency", "local|linearizable", "open(2) reads local applied state (default) or is a linearizable read point"},
     {"cert-file", "FILE", "TLS certificate for client connections"},
     {"key-file", "FILE", "TLS key for client connections"},
-    {"help", NULL, "print this help and exit"},
+    {"help", NULL, "print this help and exit (also -h)"},
     {"version", NULL, "print the version and exit"},
 };
 
@@ -175,6 +176,7 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (strcmp(a, "-h") == 0) a = "--help";
         if (strncmp(a, "--", 2) != 0) {
             snprintf(err, errlen, "unexpected argument \"%s\" (see --help)", a);
             return -1;
@@ -220,6 +222,8 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
             rc = copy_str(cfg->data_dir, sizeof cfg->data_dir, val, name, err, errlen);
         } else if (!strcmp(name, "listen-client-urls")) {
             rc = copy_str(cfg->listen_client_urls, sizeof cfg->listen_client_urls, val, name, err, errlen);
+        } else if (!strcmp(name, "listen-metrics-urls")) {
+            rc = copy_str(cfg->listen_metrics_urls, sizeof cfg->listen_metrics_urls, val, name, err, errlen);
         } else if (!strcmp(name, "advertise-client-urls")) {
             rc = copy_str(cfg->advertise_client_urls, sizeof cfg->advertise_client_urls, val, name, err, errlen);
         } else if (!strcmp(name, "listen-peer-urls")) {

@@ -185,6 +185,14 @@ struct etcd {
 
     size_t n_alarms;
     struct etcd_alarm alarms[ETCD_ALARMS_MAX];
+
+    /* For GET /metrics (etcd's names). */
+    uint64_t leader_seen;         /* last leader observed by etcd__status() */
+    uint64_t leader_changes;      /* etcd_server_leader_changes_seen_total */
+    uint64_t proposals_pending;   /* client submissions awaiting their callback */
+    uint64_t proposals_failed;    /* submissions not applied (timeout, refused) */
+    uint64_t health_success;      /* GET /health answered true */
+    uint64_t health_failures;     /* ... false */
 };
 
 void etcd__ref(struct etcd *e);
@@ -200,6 +208,12 @@ void etcd__header(struct etcd *e, Etcdserverpb__ResponseHeader *h, int64_t rev);
 
 /* The store's current revision (acquire, read, release). */
 int64_t etcd__current_revision(struct etcd *e);
+
+/* GET /health (etcd's checkHealth): false with an alarm raised, without a
+ * leader, or when a linearizable read barrier fails. */
+void etcd__health(void *ctx, struct api_call *call);
+/* GET /metrics: etcd's metric families for what the node knows. */
+void etcd__metrics(void *ctx, struct api_text *out);
 
 /* ------------------------------------------------------------------ errors */
 

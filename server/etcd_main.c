@@ -173,6 +173,10 @@ const struct node_status *etcd__status(struct etcd *e) {
         node__status(e->node, &e->st);
         e->st_ms = now;
         e->st_valid = true;
+        if (e->st.leader != 0 && e->st.leader != e->leader_seen) {
+            if (e->leader_seen != 0 || e->leader_changes == 0) e->leader_changes++;
+            e->leader_seen = e->st.leader;
+        }
     }
     return &e->st;
 }
@@ -226,6 +230,9 @@ static void submit_done(void *arg, int err, const struct store_result *res) {
     /* The node may report a rejected request through err, res or both. */
     int rc = err ? err : (res ? res->err : 0);
     if (rc == STORE_ENOSPACE) etcd__alarm_nospace(e);
+    ETCD_ASSERT(e->proposals_pending > 0);
+    e->proposals_pending--;
+    if (res == NULL && err != 0) e->proposals_failed++;
     s->cb(s->arg, err, res);
     free(s);
     etcd__unref(e);
@@ -243,8 +250,10 @@ int etcd__submit(struct etcd *e, struct store_request *req, node_done_cb cb, voi
     if (!s) return -ENOMEM;
     *s = (struct submit){e, cb, arg};
     etcd__ref(e); /* before: a callback may come within the call */
+    e->proposals_pending++;
     int rc = node__submit(e->node, req, NODE_ORIGIN_CLIENT, submit_done, s);
     if (rc) {
+        e->proposals_pending--;
         free(s);
         if (rc == STORE_ENOSPACE) etcd__alarm_nospace(e);
         etcd__unref(e);
@@ -341,6 +350,8 @@ static const struct api_backend backend_template = {
     .snapshot = etcd__snapshot,
     .snapshot_end = etcd__snapshot_end,
     .move_leader = etcd__move_leader,
+    .health = etcd__health,
+    .metrics = etcd__metrics,
     .stream_drained = stream_drained,
 };
 
@@ -372,14 +383,22 @@ int etcd__start(struct node *n, struct api_server **out) {
 
     struct api_backend be = backend_template;
     be.ctx = e;
+    char why[API_ERRMSG_SIZE] = "";
     struct api_options opt = {
         .listen_client_urls = e->cfg->listen_client_urls,
+        .listen_metrics_urls = e->cfg->listen_metrics_urls,
+        .errmsg = why,
         .cert_file = e->cfg->cert_file[0] ? e->cfg->cert_file : NULL,
         .key_file = e->cfg->key_file[0] ? e->cfg->key_file : NULL,
         .max_request_bytes = e->max_request_bytes,
     };
     rc = api_server_new(e->loop, &opt, &be, &e->api);
-    if (rc) goto err_services;
+    if (rc) {
+        /* The reason, in the words etcd uses ("bind: address already in
+         * use"); the caller says which URLs it could not serve. */
+        fprintf(stderr, "quorumfs: %s\n", why[0] ? why : api_strerror(rc));
+        goto err_services;
+    }
     rc = reg_add(e->api, e);
     if (rc) {
         stop_services(e);
@@ -404,4 +423,120 @@ void etcd__stop(struct api_server *s) {
     if (!e) return;
     stop_services(e);
     api_server_close(e->api, server_closed, e);
+}
+
+/* --------------------------------------------------------------- health */
+
+struct health {
+    struct etcd *e;
+    struct api_call *call;
+};
+
+static void health_answer(struct etcd *e, struct api_call *call, bool ok) {
+    if (ok)
+        e->health_success++;
+    else
+        e->health_failures++;
+    api_reply_health(call, ok);
+}
+
+static void health_barrier_done(void *arg, int err) {
+    struct health *h = arg;
+    struct etcd *e = h->e;
+    health_answer(e, h->call, err == 0);
+    free(h);
+    etcd__unref(e);
+}
+
+void etcd__health(void *ctx, struct api_call *call) {
+    struct etcd *e = ctx;
+    ETCD_ASSERT(call != NULL);
+    etcd__status_invalidate(e);
+    /* etcd 3.4: any alarm, then no leader, then a failed QGET. */
+    if (e->stopping || e->n_alarms > 0 || etcd__status(e)->leader == 0) {
+        health_answer(e, call, false);
+        return;
+    }
+    struct health *h = malloc(sizeof *h);
+    if (!h) {
+        health_answer(e, call, false);
+        return;
+    }
+    *h = (struct health){e, call};
+    etcd__ref(e);
+    if (node__read_barrier(e->node, health_barrier_done, h) != 0) {
+        free(h);
+        etcd__unref(e);
+        health_answer(e, call, false);
+    }
+}
+
+/* --------------------------------------------------------------- metrics */
+
+/* One family with one unlabelled sample. */
+static void metric(struct api_text *out, const char *name, const char *type, const char *help,
+                   uint64_t value) {
+    api_text_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+                    (unsigned long long)value);
+}
+
+void etcd__metrics(void *ctx, struct api_text *out) {
+    struct etcd *e = ctx;
+    ETCD_ASSERT(out != NULL);
+    etcd__status_invalidate(e);
+    const struct node_status *st = etcd__status(e);
+    uint64_t db = 0;
+    int64_t keys = 0;
+    struct store *s = node__store_acquire(e->node);
+    if (store_db_size(s, &db) != 0) db = 0;
+    /* A count over the whole key space (etcd keeps this gauge in memory). */
+    struct store_range_req q = {.key = {(const uint8_t *)"\0", 1},
+                                .range_end = {(const uint8_t *)"\0", 1},
+                                .count_only = true};
+    struct store_range_result r;
+    if (store_range(s, &q, &r) == 0) {
+        keys = r.count;
+        store_range_result_release(&r);
+    }
+    node__store_release(e->node);
+
+    api_text_printf(out,
+                    "# HELP etcd_cluster_version Which version is running. 1 for "
+                    "'cluster_version' label with current cluster version\n"
+                    "# TYPE etcd_cluster_version gauge\n"
+                    "etcd_cluster_version{cluster_version=\"3.4\"} 1\n");
+    metric(out, "etcd_debugging_mvcc_keys_total", "gauge", "Total number of keys.",
+           (uint64_t)(keys > 0 ? keys : 0));
+    metric(out, "etcd_mvcc_db_total_size_in_bytes", "gauge",
+           "Total size of the underlying database physically allocated in bytes.", db);
+    metric(out, "etcd_server_has_leader", "gauge",
+           "Whether or not a leader exists. 1 is existence, 0 is not.", st->leader != 0);
+    metric(out, "etcd_server_health_failures", "counter", "The total number of failed health checks",
+           e->health_failures);
+    metric(out, "etcd_server_health_success", "counter",
+           "The total number of successful health checks", e->health_success);
+    metric(out, "etcd_server_is_leader", "gauge",
+           "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+           st->leader != 0 && st->leader == st->id);
+    metric(out, "etcd_server_is_learner", "gauge",
+           "Whether or not this member is a learner. 1 if is, 0 otherwise.", st->learner);
+    metric(out, "etcd_server_leader_changes_seen_total", "counter",
+           "The number of leader changes seen.", e->leader_changes);
+    metric(out, "etcd_server_proposals_applied_total", "gauge",
+           "The total number of consensus proposals applied.", st->applied);
+    metric(out, "etcd_server_proposals_committed_total", "gauge",
+           "The total number of consensus proposals committed.", st->commit);
+    metric(out, "etcd_server_proposals_failed_total", "counter",
+           "The total number of failed proposals seen.", e->proposals_failed);
+    metric(out, "etcd_server_proposals_pending", "gauge",
+           "The current number of pending proposals to commit.", e->proposals_pending);
+    api_text_printf(out,
+                    "# HELP etcd_server_version Which version is running. 1 for 'server_version' "
+                    "label with current version.\n"
+                    "# TYPE etcd_server_version gauge\n"
+                    "etcd_server_version{server_version=\"%s\"} 1\n",
+                    API_ETCD_VERSION);
+    metric(out, "quorumfs_client_connections", "gauge",
+           "Client connections (gRPC and HTTP/1.1) open on this member.",
+           e->api ? api_server_connections(e->api) : 0);
 }

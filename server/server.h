@@ -29,6 +29,7 @@ struct server_config {
     char name[SERVER_NAME_MAX];          /* --name */
     char data_dir[1024];                 /* --data-dir */
     char listen_client_urls[1024];       /* --listen-client-urls */
+    char listen_metrics_urls[1024];      /* --listen-metrics-urls ("" = none) */
     char advertise_client_urls[1024];    /* --advertise-client-urls */
     char listen_peer_urls[1024];         /* --listen-peer-urls */
     char initial_advertise_peer_urls[1024]; /* --initial-advertise-peer-urls */
