@@ -1,6 +1,7 @@
 /*
  * main.c - the quorumfs command: parses flags and runs one node, or
- * restores a snapshot (`quorumfs snapshot restore FILE [flags]`, the
+ * mounts a cluster as a client (`quorumfs mount [flags] MOUNTPOINT`, see
+ * mount.c), or restores a snapshot (`quorumfs snapshot restore FILE [flags]`, the
  * equivalent of `etcdctl snapshot restore` for quorumfs's snapshot format).
  */
 #include <signal.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "server/etcd.h"
+#include "server/mount.h"
 #include "server/server.h"
 
 /* Signal dispositions, set before any thread or socket exists (threads
@@ -32,6 +34,7 @@ static void signals_init(void) {
 
 int main(int argc, char **argv) {
     signals_init();
+    if (argc >= 2 && strcmp(argv[1], "mount") == 0) return mount_main(argc - 1, argv + 1);
     static struct server_config cfg; /* large: keep it off the stack */
     char err[512];
     const char *file = NULL;
