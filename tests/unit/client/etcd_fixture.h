@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #endif
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -186,6 +187,42 @@ static inline int etcd_start(struct etcd *e, bool tls, const char *const *extra)
     e->pid = pid;
     fix_etcds[fix_n_etcds++] = e;
     return 0;
+}
+
+/* Stops etcd with SIGSTOP and waits (deadline 3 s) until every thread of
+ * it is stopped: a thread inside a system call (an fsync) stops only when
+ * the call returns, and until then etcd may still answer. Returns 0 once
+ * all are stopped. */
+static inline int etcd_stop(struct etcd *e) {
+    if (kill(e->pid, SIGSTOP) != 0) return -1;
+    char dir[64];
+    snprintf(dir, sizeof(dir), "/proc/%d/task", (int)e->pid);
+    uint64_t end = fix_mono_ms() + 3000;
+    while (fix_mono_ms() < end) {
+        DIR *d = opendir(dir);
+        if (d == NULL) return -1;
+        bool all = true;
+        int n = 0;
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL && all) {
+            if (de->d_name[0] == '.') continue;
+            char path[352], buf[512];
+            snprintf(path, sizeof(path), "%s/%s/stat", dir, de->d_name);
+            FILE *f = fopen(path, "r");
+            if (f == NULL) continue;
+            size_t got = fread(buf, 1, sizeof(buf) - 1, f);
+            fclose(f);
+            buf[got] = '\0';
+            /* "pid (comm) S ...": the state follows the last ')'. */
+            const char *p = strrchr(buf, ')');
+            if (p == NULL || p[1] != ' ' || (p[2] != 'T' && p[2] != 't')) all = false;
+            n++;
+        }
+        closedir(d);
+        if (all && n > 0) return 0;
+        usleep(1000);
+    }
+    return -1;
 }
 
 /* Prints the tail of etcd's log (for a failing test). */
