@@ -272,7 +272,7 @@ void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len,
     for (size_t b = 0; v != NULL && b < fs->nbuckets; b++) {
         for (struct inode *in = fs->buckets[b]; in; in = in->hnext) {
             int under = in->key_len >= src_len && memcmp(in->key, src, src_len) == 0;
-            /* the directory's own value ("%") is the file key without '/' */
+            /* the directory's own value ("%value") is the file key without '/' */
             int value = !in->is_dir && in->key_len == src_len - 1 &&
                         memcmp(in->key, src, src_len - 1) == 0;
             if (!under && !value) continue;
@@ -816,7 +816,7 @@ static void inval_key(struct fs *fs, struct fuse_session *se, const struct queue
         if (slash == NULL) break;
         pos += cl + 1;
     }
-    /* the key may also be shown as "%" inside its own directory */
+    /* the key may also be shown as "%value" inside its own directory */
     size_t dl;
     char *d = fs__cat(k, kl, "/", 1, NULL, 0, &dl);
     if (d != NULL) inval_name(fs, se, d, dl, NULL, 0, 1);

@@ -38,8 +38,8 @@
  * Directories are key prefixes; mkdir writes a marker key "<dir>/" (empty
  * value, metadata mode S_IFDIR|perms, uid, gid, mtime) so an empty
  * directory persists; such a marker is not listed. The value of a key that
- * is also a prefix ("/a" beside "/a/b") is the file named "%" inside the
- * directory ("MNT/a/%"); an empty key component is spelled "%empty".
+ * is also a prefix ("/a" beside "/a/b") is the file named "%value" inside the
+ * directory ("MNT/a/%value"); an empty key component is spelled "%empty".
  *
  * Errors: functions return 0, a negative errno, or a negative code from
  * FS_ERRORS. Memory: every borrowed pointer is valid only for the duration
@@ -376,7 +376,7 @@ size_t fs_name_encode(const char *raw, size_t raw_len, char *out, size_t out_siz
 /* Decodes a file name produced by fs_name_encode. On success returns the
  * raw length (>= 0) and writes raw bytes to out (out_size >= name_len
  * suffices). Returns -EINVAL for a name no key component encodes to (a
- * non-canonical spelling, a reserved name such as "%", or a hashed long
+ * non-canonical spelling, a reserved name such as "%value", or a hashed long
  * name, which only a directory lookup can resolve). */
 long fs_name_decode(const char *name, size_t name_len, char *out, size_t out_size);
 

@@ -141,13 +141,13 @@ enum op_kind {
 struct child {
     char *d;      /* the directory's prefix */
     size_t dl;
-    char *raw;    /* the key component; NULL for "%" */
+    char *raw;    /* the key component; NULL for "%value" */
     size_t rl;
     char *fkey;   /* the key of the file this name would be */
     size_t fkl;
-    char *dkey;   /* the prefix of the directory it would be; NULL for "%" */
+    char *dkey;   /* the prefix of the directory it would be; NULL for "%value" */
     size_t dkl;
-    int is_value; /* the name was "%" (the directory's own value) */
+    int is_value; /* the name was "%value" (the directory's own value) */
     int in_root;  /* the directory is the mount root */
 };
 

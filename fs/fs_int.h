@@ -21,13 +21,14 @@ _Noreturn void fs__assert_fail(const char *expr, const char *file, int line);
 
 /* Spelling of the empty key component (path.c rule 1). */
 #define FS__NAME_EMPTY "%empty"
-/* Reserved name of a directory's own value. */
-#define FS__NAME_VALUE "%"
+/* Reserved name of a directory's own value (the key that is also the
+ * directory's prefix, less its '/'). */
+#define FS__NAME_VALUE "%value"
 /* Rule 3: longest encoded prefix kept in a hashed long name, hash bytes. */
 #define FS__HASH_PREFIX_MAX 200u
 #define FS__HASH_BYTES 16u
 
-/* Whether name is the reserved "%" (the directory's own value). */
+/* Whether name is the reserved "%value" (the directory's own value). */
 int fs__name_is_value(const char *name, size_t name_len);
 
 /* Whether name has the form of a hashed long name (rule 3). If so, writes

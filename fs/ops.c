@@ -74,7 +74,7 @@ static int get_key(struct fs *fs, const char *k, size_t kl, struct fs_kv *out) {
     return fs->be.get(fs->be.data, k, kl, out);
 }
 
-/* The key of directory prefix d's own value ("%"), if it can exist. */
+/* The key of directory prefix d's own value ("%value"), if it can exist. */
 static int value_key_of(struct fs *fs, const char *d, size_t dl, size_t *vl) {
     (void)fs;
     if (dl < 2 || d[dl - 1] != '/') return 0;

@@ -19,25 +19,30 @@
  *      sequence (RFC 3629: no overlong forms, no surrogates, <= U+10FFFF) is
  *      one unit, any other byte is a unit of its own. A unit is written as
  *      itself, except that these are written as '%' followed by two
- *      UPPERCASE hex digits of the byte: the bytes 0x00-0x1F, 0x7F, '%'
- *      (0x25) and '/' (0x2F, never in a component), and every byte that is
- *      not part of a well-formed UTF-8 sequence.
+ *      UPPERCASE hex digits of the byte: the bytes 0x00-0x1F, 0x7F and '/'
+ *      (0x2F, never in a component), every byte that is not part of a
+ *      well-formed UTF-8 sequence, and a '%' (0x25) that is followed in c
+ *      by an ASCII letter, digit or '~' (so "%", "50%" and "50% off" are
+ *      written as they are, "50%off" as "50%25off", "%41" as "%2541").
  *   3. if the result of rule 2 is longer than FS_NAME_MAX (255) bytes, the
  *      name is instead: the longest run of whole units of rule 2's result
  *      that is at most 200 bytes, then "%~", then 32 lowercase hex digits:
  *      the first 16 bytes of SHA-256(c). (At most 234 bytes.)
  *
  * Reserved names, which rules 1-3 never produce for a component:
- *   "%"        inside a directory D: the value of the key D itself, when D is
- *              also a key ("/a" beside "/a/b": "MNT/a" is a directory and
- *              "MNT/a/%" the value of "/a"). Creating "D/%" puts the key D.
+ *   "%value"   inside a directory D: the value of the key D itself, when D
+ *              is also a key ("/a" beside "/a/b": "MNT/a" is a directory
+ *              and "MNT/a/%value" the value of "/a"; ls lists it, cat reads
+ *              it, find shows it). Creating "D/%value" puts the key D.
  *              At the mount root it is the key P without its final '/', if
- *              that is a non-empty key ("--mount-prefix /app": "MNT/%" is
- *              the key "/app").
- *   any other name with a '%' not followed by two uppercase hex digits and
- *   not of the form of rule 3 (e.g. "50%off", "%2e", "%41" for "A") is not
- *   canonical: lookup gives ENOENT, create/mkdir/rename-to give EINVAL.
- *   Names longer than 255 bytes give ENAMETOOLONG.
+ *              that is a non-empty key ("--mount-prefix /app":
+ *              "MNT/%value" is the key "/app").
+ *   any other name that is not exactly what the rules produce: a '%'
+ *   followed by a letter, digit or '~' that is not an escape of two
+ *   uppercase hex digits or of the form of rule 3 ("50%off", "%2e"), or an
+ *   escape the rules would not write ("%41" for "A", "%25" at the end) is
+ *   not canonical: lookup gives ENOENT, create/mkdir/rename-to give
+ *   EINVAL. Names longer than 255 bytes give ENAMETOOLONG.
  *
  * Hence enc is injective, dec(enc(c)) == c for every byte string c, and
  * enc(dec(n)) == n for every name n that dec accepts; every key under P has
@@ -90,15 +95,25 @@ static size_t utf8_unit(const unsigned char *s, size_t n) {
 }
 
 static int byte_escaped(unsigned char c) {
-    return c < 0x20 || c == 0x7F || c == '%' || c == '/';
+    return c < 0x20 || c == 0x7F || c == '/';
+}
+
+/* Whether c after a '%' would make it read as an escape, a reserved name
+ * or a hash marker: an ASCII letter or digit, or '~'. */
+static int pct_introduces(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+           c == '~';
 }
 
 /* The next unit of raw at *pos: its raw length (*raw_len) and its encoded
- * length (returned: 1..4 literal bytes or 3 for an escape). */
+ * length (returned: 1..4 literal bytes or 3 for an escape). A '%' is
+ * escaped only where the byte after it (in raw) is an ASCII letter, digit
+ * or '~' (rule 2). */
 static size_t next_unit(const unsigned char *raw, size_t n, size_t pos, size_t *raw_len) {
     unsigned char c = raw[pos];
     if (c < 0x80) {
         *raw_len = 1;
+        if (c == '%') return pos + 1 < n && pct_introduces(raw[pos + 1]) ? 3 : 1;
         return byte_escaped(c) ? 3 : 1;
     }
     size_t l = utf8_unit(raw + pos, n - pos);
@@ -189,11 +204,16 @@ static long decode_syntax(const char *name, size_t name_len, char *out) {
     size_t o = 0;
     for (size_t i = 0; i < name_len;) {
         if (name[i] == '%') {
-            if (i + 2 >= name_len) return -EINVAL;
-            int h = hexval(name[i + 1]), l = hexval(name[i + 2]);
-            if (h < 0 || l < 0) return -EINVAL;
-            out[o++] = (char)(h * 16 + l);
-            i += 3;
+            int h = i + 2 < name_len ? hexval(name[i + 1]) : -1;
+            int l = i + 2 < name_len ? hexval(name[i + 2]) : -1;
+            if (h >= 0 && l >= 0) {
+                out[o++] = (char)(h * 16 + l);
+                i += 3;
+            } else if (i + 1 < name_len && pct_introduces((unsigned char)name[i + 1])) {
+                return -EINVAL; /* "%2e", "%G1", "50%off": never written so */
+            } else {
+                out[o++] = name[i++]; /* a '%' of its own: "%", "50% off" */
+            }
         } else {
             out[o++] = name[i++];
         }
@@ -254,13 +274,19 @@ int fs__name_hashed(const char *name, size_t name_len, char *prefix_out,
             return 0;
     long n = decode_syntax(name, cut, prefix_out);
     if (n < 0) return 0;
-    if (!spelled_as((const unsigned char *)prefix_out, (size_t)n, name, cut)) return 0;
+    const unsigned char *p = (const unsigned char *)prefix_out;
+    /* A '%' ending the visible part was escaped or not by the byte after it,
+     * which the name does not show: either spelling is canonical there. */
+    int ok = spelled_as(p, (size_t)n, name, cut) ||
+             (n > 0 && p[n - 1] == '%' && cut >= 3 && memcmp(name + cut - 3, "%25", 3) == 0 &&
+              spelled_as(p, (size_t)n - 1, name, cut - 3));
+    if (!ok) return 0;
     *prefix_len = (size_t)n;
     return 1;
 }
 
 int fs__name_is_value(const char *name, size_t name_len) {
-    return name_len == 1 && name[0] == '%';
+    return name_len == sizeof FS__NAME_VALUE - 1 && memcmp(name, FS__NAME_VALUE, name_len) == 0;
 }
 
 /* ---- SHA-256 (FIPS 180-4), used only for rule 3's long-name spelling ---- */

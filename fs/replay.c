@@ -44,7 +44,7 @@
  * the current state, which may be ahead of the change being replayed. The
  * replay is done with this process's credentials: where the kernel denies
  * it (a node not run as root, a file it may not write), that event is
- * missing, nothing else. A key that is also a prefix (shown as "%") and
+ * missing, nothing else. A key that is also a prefix (shown as "%value") and
  * keys outside the name spelling are not replayed.
  */
 #define _GNU_SOURCE
@@ -210,7 +210,7 @@ static void ov_fill(struct rp *r, size_t i, int is_dir, int present, const char 
 
 /* The mount-relative path of file key k (as_dir 0) or of directory prefix
  * k (as_dir 1, ending in '/') into out. Returns 0, or -EINVAL for what is
- * not replayed (the root, a key shown as "%", a name only a directory scan
+ * not replayed (the root, a key shown as "%value", a name only a directory scan
  * resolves), -ENAMETOOLONG. */
 static int rel_path(struct fs *fs, const char *k, size_t kl, int as_dir, char *out,
                     size_t size) {
@@ -224,7 +224,7 @@ static int rel_path(struct fs *fs, const char *k, size_t kl, int as_dir, char *o
         if (d == NULL) return -ENOMEM;
         int sub = fs__any_prefix(fs, d, dl);
         free(d);
-        if (sub != 0) return -EINVAL; /* shown as "%" inside its own directory */
+        if (sub != 0) return -EINVAL; /* shown as "%value" inside its own directory */
     }
     size_t o = 0, pos = pl;
     for (;;) {

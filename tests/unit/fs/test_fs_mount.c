@@ -331,7 +331,7 @@ MOUNT_TEST(spelling_of_odd_keys, NULL) {
     ASSERT_EQ(mkdir(P(m, "dir/%zz"), 0755), -1);
     ASSERT_EQ(errno, EINVAL);
     /* creating through the spelling stores the raw key */
-    ASSERT_EQ(write_str(P(m, "dir/new%25%0A"), "n"), 0);
+    ASSERT_EQ(write_str(P(m, "dir/new%%0A"), "n"), 0);
     ASSERT_KV(m, "/dir/new%\n", "n");
     ASSERT_EQ(write_str(P(m, "dir/%2E%2E"), "changed"), 0);
     ASSERT_KV(m, "/dir/..", "changed");
@@ -372,27 +372,34 @@ MOUNT_TEST(value_and_prefix, NULL) {
     struct stat st;
     ASSERT_EQ(stat(P(m, "a"), &st), 0);
     ASSERT(S_ISDIR(st.st_mode));
-    ASSERT_LIST(P(m, "a"), "%|b");
-    ASSERT_FILE(P(m, "a/%"), "top");
+    ASSERT_LIST(P(m, "a"), "%value|b");
+    ASSERT_FILE(P(m, "a/%value"), "top");
     ASSERT_FILE(P(m, "a/b"), "child");
-    ASSERT_EQ(write_str(P(m, "a/%"), "top2"), 0);
+    ASSERT_EQ(write_str(P(m, "a/%value"), "top2"), 0);
     ASSERT_KV(m, "/a", "top2");
-    /* a directory gets a value by creating "%" in it */
+    /* a directory gets a value by creating "%value" in it */
     ASSERT_EQ(mkdir(P(m, "d"), 0755), 0);
-    ASSERT_EQ(write_str(P(m, "d/%"), "dv"), 0);
+    ASSERT_EQ(write_str(P(m, "d/%value"), "dv"), 0);
     ASSERT_KV(m, "/d", "dv");
-    ASSERT_LIST(P(m, "d"), "%");
+    ASSERT_LIST(P(m, "d"), "%value");
     ASSERT_EQ(rmdir(P(m, "d")), -1); /* the value is an entry of the directory */
     ASSERT_EQ(errno, ENOTEMPTY);
-    ASSERT_EQ(unlink(P(m, "d/%")), 0);
+    ASSERT_EQ(unlink(P(m, "d/%value")), 0);
     ASSERT(!kv_has(m, "/d"));
     ASSERT_EQ(rmdir(P(m, "d")), 0);
     /* removing the value keeps the directory */
-    ASSERT_EQ(unlink(P(m, "a/%")), 0);
+    ASSERT_EQ(unlink(P(m, "a/%value")), 0);
     ASSERT(!kv_has(m, "/a"));
     ASSERT_EQ(stat(P(m, "a/b"), &st), 0);
     ASSERT_LIST(P(m, "a"), "b");
-    ASSERT_EQ(stat(P(m, "%"), &st), -1); /* the root ("/" prefix) has no value */
+    ASSERT_EQ(stat(P(m, "%value"), &st), -1); /* the root ("/" prefix) has no value */
+    ASSERT_EQ(write_str(P(m, "%value"), "x"), -EINVAL);
+    /* a bare '%' is an ordinary name, and so is "50% off" */
+    ASSERT_EQ(write_str(P(m, "%"), "pct"), 0);
+    ASSERT_KV(m, "/%", "pct");
+    ASSERT_EQ(write_str(P(m, "a/50% off"), "half"), 0);
+    ASSERT_KV(m, "/a/50% off", "half");
+    ASSERT_LIST(P(m, "a"), "50% off|b");
     /* a file cannot hold names */
     ASSERT_EQ(write_str(P(m, "f"), "x"), 0);
     ASSERT_EQ(write_str(P(m, "f/g"), "y"), -ENOTDIR);
@@ -504,7 +511,7 @@ MOUNT_TEST(rename_files_and_dirs, NULL) {
     ASSERT_EQ(mkdir(P(m, "emptyd"), 0755), 0);
     ASSERT_EQ(rename(P(m, "other/dst"), P(m, "emptyd")), 0);
     ASSERT_KV(m, "/emptyd/y/z", "syz");
-    ASSERT_LIST(P(m, "emptyd"), "%|x|y");
+    ASSERT_LIST(P(m, "emptyd"), "%value|x|y");
     ASSERT_LIST(P(m, "other"), ""); /* kept by a marker */
 }
 
@@ -824,7 +831,7 @@ MOUNT_TEST(remote_changes_invalidate, long_cache) {
     ASSERT(S_ISREG(st.st_mode));
     mb_puts(m->mb, "/fd/inner", "in");
     ASSERT(eventually_reads(P(m, "fd/inner"), "in"));
-    ASSERT(eventually_reads(P(m, "fd/%"), "file"));
+    ASSERT(eventually_reads(P(m, "fd/%value"), "file"));
     /* deep implicit directories appear and vanish */
     mb_puts(m->mb, "/deep/er/key", "k");
     ASSERT(eventually_reads(P(m, "deep/er/key"), "k"));
@@ -966,8 +973,8 @@ MOUNT_TEST(mount_prefix_shows_subtree, app_prefix) {
     mb_puts(m->mb, "/app", "root value");
     mb_puts(m->mb, "/app/cfg", "c");
     mb_puts(m->mb, "/other", "hidden");
-    ASSERT_LIST(m->dir, "%|cfg");
-    ASSERT_FILE(P(m, "%"), "root value");
+    ASSERT_LIST(m->dir, "%value|cfg");
+    ASSERT_FILE(P(m, "%value"), "root value");
     ASSERT_FILE(P(m, "cfg"), "c");
     ASSERT_EQ(write_str(P(m, "n"), "v"), 0);
     ASSERT_KV(m, "/app/n", "v");

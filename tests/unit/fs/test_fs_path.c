@@ -39,7 +39,7 @@ TEST(every_single_byte) {
         char raw = (char)b, name[FS_NAME_MAX + 1];
         if (b == '.') continue; /* "." is special, below */
         ASSERT_EQ(roundtrip(&raw, 1, name), 0);
-        int escaped = b < 0x20 || b == 0x7F || b == '%' || b == '/' || b >= 0x80;
+        int escaped = b < 0x20 || b == 0x7F || b == '/' || b >= 0x80; /* a lone '%' is not */
         if (escaped) {
             char want[4];
             snprintf(want, sizeof want, "%%%02X", b);
@@ -73,6 +73,20 @@ TEST(special_names) {
     ASSERT_STR_EQ(name, ".x");
     fs_name_encode("a%b", 3, name, sizeof name);
     ASSERT_STR_EQ(name, "a%25b");
+    /* a '%' not followed by a letter, digit or '~' is written as itself */
+    const char *same[] = {"%", "50%", "50% off", "%%", "%-x", "%.conf", "%\xC3\xA9"};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        size_t l = strlen(same[i]);
+        ASSERT_EQ(fs_name_encode(same[i], l, name, sizeof name), l);
+        ASSERT_STR_EQ(name, same[i]);
+        ASSERT_EQ(roundtrip(same[i], l, NULL), 0);
+    }
+    fs_name_encode("%value", 6, name, sizeof name); /* never the reserved name */
+    ASSERT_STR_EQ(name, "%25value");
+    fs_name_encode("%~", 2, name, sizeof name);
+    ASSERT_STR_EQ(name, "%25~");
+    fs_name_encode("%empty", 6, name, sizeof name);
+    ASSERT_STR_EQ(name, "%25empty");
     ASSERT_EQ(fs_name_decode("%empty", 6, raw, sizeof raw), 0);
     ASSERT_EQ(fs_name_decode("%2E", 3, raw, sizeof raw), 1);
     ASSERT_EQ(raw[0], '.');
@@ -104,12 +118,14 @@ TEST(utf8_kept_invalid_escaped) {
 TEST(non_canonical_rejected) {
     char raw[300];
     const char *bad[] = {
-        "%",      /* reserved: the directory's own value */
-        "50%off", /* '%' not followed by two hex digits */
+        "%value", /* reserved: the directory's own value */
+        "50%off", /* '%' then a letter, not two hex digits */
+        "%25",    /* a lone '%' needs no escape */
+        "a%25.b", /* nor one before '.' */
         "%2e",    /* lowercase hex */
         "%41",    /* 'A' needs no escape */
         "%2F",    /* '/' cannot be inside a component */
-        "a%",     "a%2",
+        "a%2",
         ".",      "..", /* spelled %2E, %2E%2E */
         "%E2%82%AC", /* a valid UTF-8 sequence is written as itself */
         "\xC3",      /* a raw invalid byte must be escaped */
@@ -120,8 +136,9 @@ TEST(non_canonical_rejected) {
         if (n != -EINVAL) fprintf(stderr, "  accepted: \"%s\"\n", bad[i]);
         ASSERT_EQ(n, -EINVAL);
     }
-    ASSERT(fs__name_is_value("%", 1));
-    ASSERT(!fs__name_is_value("%25", 3));
+    ASSERT(fs__name_is_value("%value", 6));
+    ASSERT(!fs__name_is_value("%", 1));
+    ASSERT(!fs__name_is_value("%25value", 8));
 }
 
 TEST(long_names_hashed) {
@@ -146,13 +163,29 @@ TEST(long_names_hashed) {
     ASSERT_EQ(fs__name_hashed(name, nl, prefix, &pl), 1);
     ASSERT_EQ(pl, 200);
     ASSERT_MEM_EQ(prefix, raw, 200);
-    /* escapes are never cut in half: 100 '%' encode to 300 bytes */
-    char pct[100];
-    memset(pct, '%', sizeof pct);
+    /* escapes are never cut in half: 100 "%a" encode to 400 bytes */
+    char pct[200];
+    for (size_t i = 0; i < sizeof pct; i += 2) {
+        pct[i] = '%';
+        pct[i + 1] = 'a';
+    }
     nl = fs_name_encode(pct, sizeof pct, name, sizeof name);
-    ASSERT_EQ(nl, 198 + 34); /* 66 whole escapes */
+    ASSERT_EQ(nl, 200 + 34); /* 50 whole "%25a" */
     ASSERT_EQ(fs__name_hashed(name, nl, prefix, &pl), 1);
-    ASSERT_EQ(pl, 66);
+    ASSERT_EQ(pl, 100);
+    /* a '%' ending the visible part, escaped for the byte after it */
+    char pe[300];
+    memset(pe, 'p', sizeof pe);
+    pe[197] = '%';
+    nl = fs_name_encode(pe, sizeof pe, name, sizeof name);
+    ASSERT_EQ(nl, 200 + 34); /* 197 'p' and "%25" */
+    ASSERT_EQ(fs__name_hashed(name, nl, prefix, &pl), 1);
+    ASSERT_EQ(pl, 198);
+    pe[198] = ' ';
+    nl = fs_name_encode(pe, sizeof pe, name, sizeof name);
+    ASSERT_EQ(nl, 200 + 34); /* 197 'p', '%', ' ', 'p' */
+    ASSERT_EQ(fs__name_hashed(name, nl, prefix, &pl), 1);
+    ASSERT_EQ(pl, 200);
     ASSERT_EQ(fs__name_hashed("abc", 3, prefix, &pl), 0);
     ASSERT_EQ(fs__name_hashed("%~0123456789abcdef0123456789abcdeF", 34, prefix, &pl), 0);
     ASSERT_EQ(fs__name_hashed("%~0123456789abcdef0123456789abcdef", 34, prefix, &pl), 1);
