@@ -99,6 +99,7 @@ int fs__attr_of_kv(struct fs *fs, fuse_ino_t ino, int is_dir, const struct fs_kv
         meta = meta && S_ISDIR(kv->mode);
     } else {
         st->st_mode = S_IFREG | (meta ? (kv->mode & 07777) : (fs->opt.file_mode & 07777));
+        if (meta && S_ISLNK(kv->mode)) st->st_mode = S_IFLNK | 0777;
         st->st_nlink = 1;
         st->st_size = kv ? (off_t)kv->value_len : 0;
         st->st_blocks = (st->st_size + 511) / 512;
@@ -747,6 +748,8 @@ static void create_start(struct op *op) {
     struct txn_b t = {0};
     add_cmp(&t, FS_CMP_ABSENT, op->a.fkey, op->a.fkl);
     struct fs_op *o = add_op(&t, FS_OP_PUT, op->a.fkey, op->a.fkl);
+    o->value = op->value; /* a symlink's target; NULL for mknod */
+    o->value_len = op->value_len;
     o->mode = op->mode;
     o->uid = op->uid;
     o->gid = op->gid;
@@ -758,8 +761,10 @@ static void create_start(struct op *op) {
     }
 }
 
+/* create (fi), mknod of a regular file, or symlink (link: its target,
+ * stored as the value of a key whose metadata mode is S_IFLNK|0777). */
 static void make_file(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                      struct fuse_file_info *fi) {
+                      struct fuse_file_info *fi, const char *link) {
     struct fs *fs = fs_of(req);
     struct op *op = op_new(fs, req, fi ? OP_CREATE : OP_MKNOD);
     if (op == NULL) {
@@ -778,7 +783,26 @@ static void make_file(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
             return;
         }
     }
-    op->mode = S_IFREG | (mode & 07777);
+    op->mode = link ? S_IFLNK | 0777 : S_IFREG | (mode & 07777);
+    if (link) {
+        op->value_len = strlen(link);
+        op->value = fs__cat(link, op->value_len, NULL, 0, NULL, 0, &op->value_len);
+        if (op->value == NULL) {
+            op_fail(op, -ENOMEM);
+            return;
+        }
+    }
+    if (!fi && fs__is_replay(fs, req)) { /* the symlink is already there */
+        struct fs_kv kv;
+        if (fs__stat_key(fs, op->a.fkey, op->a.fkl, &kv) < 0) {
+            memset(&kv, 0, sizeof kv);
+            kv.mode = op->mode;
+            kv.value_len = op->value_len;
+        }
+        reply_created(op, &kv, 0);
+        fs_kv_clear(&kv);
+        return;
+    }
     if (fi && fs__is_replay(fs, req)) { /* the key is already there */
         op->fi = *fi;
         op->fi.direct_io = 1;
@@ -815,7 +839,7 @@ static void make_file(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                       struct fuse_file_info *fi) {
-    make_file(req, parent, name, mode, fi);
+    make_file(req, parent, name, mode, fi, NULL);
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -825,7 +849,7 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
         fuse_reply_err(req, EPERM);
         return;
     }
-    make_file(req, parent, name, mode, NULL);
+    make_file(req, parent, name, mode, NULL, NULL);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode) {
@@ -1414,7 +1438,7 @@ static void setattr_start(struct op *op) {
                                       : (in->is_dir ? S_IFDIR | (fs->opt.dir_mode & 07777)
                                                     : S_IFREG | (fs->opt.file_mode & 07777));
     if (in->is_dir && !S_ISDIR(mode)) mode = S_IFDIR | (fs->opt.dir_mode & 07777);
-    if (!in->is_dir) mode = S_IFREG | (mode & 07777);
+    if (!in->is_dir) mode = (S_ISLNK(mode) ? S_IFLNK : S_IFREG) | (mode & 07777);
     uint32_t uid = (have && kv.mode) ? kv.uid : fs->opt.uid;
     uint32_t gid = (have && kv.mode) ? kv.gid : fs->opt.gid;
     int64_t mtime = (have && kv.mtime_ns) ? kv.mtime_ns : fs->start_ns;
@@ -1884,7 +1908,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         if (value_key_of(fs, d, dl, &vl) && fs__stat_key(fs, d, vl, &kv) == 0) {
             fs_kv_clear(&kv);
             fuse_ino_t vi = fs__ino_peek(fs, 0, d, vl);
-            size_t l = add_entry(req, buf + pos, size - pos, FS__NAME_VALUE, S_IFREG,
+            size_t l = add_entry(req, buf + pos, size - pos, FS__NAME_VALUE, 0,
                                  vi ? vi : UNKNOWN_INO, FS__DIR_OFF_VALUE);
             if (l > size - pos) goto unlock;
             pos += l;
@@ -1925,7 +1949,9 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         fuse_ino_t ci = ck ? fs__ino_peek(fs, is_dir, ck, ckl) : 0;
         free(ck);
         off_t next = (off_t)(FS__DIR_OFF_FIRST + dh->base + dh->n);
-        size_t l = add_entry(req, buf + pos, size - pos, enc, is_dir ? S_IFDIR : S_IFREG,
+        /* a file's type is left unknown (DT_UNKNOWN): it may be a symlink,
+         * which only its metadata tells; find and ls then stat it */
+        size_t l = add_entry(req, buf + pos, size - pos, enc, is_dir ? S_IFDIR : 0,
                              ci ? ci : UNKNOWN_INO, next);
         if (l > size - pos) {
             free(m);
@@ -2111,12 +2137,34 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
     fuse_reply_err(req, EPERM); /* a key has one name */
 }
 
+/* A symlink is a key whose metadata mode is S_IFLNK|0777 and whose value is
+ * the target (cp -a, rsync -a and tar keep links as links). */
 static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
                        const char *name) {
-    (void)link;
-    (void)parent;
-    (void)name;
-    fuse_reply_err(req, EPERM);
+    make_file(req, parent, name, S_IFLNK | 0777, NULL, link);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+    struct fs *fs = fs_of(req);
+    struct inode *in = fs__ino(fs, ino);
+    size_t kl;
+    char *k = fs__ino_key(fs, in, &kl);
+    struct fs_kv kv;
+    int rc = k ? get_key(fs, k, kl, &kv) : -ENOMEM;
+    free(k);
+    if (rc == 0 && !S_ISLNK(kv.mode)) rc = -EINVAL;
+    char *t = NULL;
+    if (rc == 0) {
+        size_t tl;
+        t = fs__cat(kv.value ? kv.value : "", kv.value_len, NULL, 0, NULL, 0, &tl);
+        if (t == NULL) rc = -ENOMEM;
+    }
+    if (rc == 0) fs_kv_clear(&kv);
+    if (rc < 0)
+        fuse_reply_err(req, -rc);
+    else
+        fuse_reply_readlink(req, t);
+    free(t);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
@@ -2181,6 +2229,7 @@ void fs__op_done(void *arg, int err, const struct fs_txn_result *res) {
             kv.uid = op->uid;
             kv.gid = op->gid;
             kv.mtime_ns = op->mtime_ns;
+            kv.value_len = op->value_len;
             reply_created(op, &kv, op->res.revision);
         } else if (op->kind == OP_MKNOD || (op->flags & O_EXCL)) {
             fh_free(op->fh);
@@ -2274,6 +2323,7 @@ const struct fuse_lowlevel_ops fs__ops = {
     .unlink = op_unlink,
     .rmdir = op_rmdir,
     .symlink = op_symlink,
+    .readlink = op_readlink,
     .rename = op_rename,
     .link = op_link,
     .open = op_open,

@@ -403,6 +403,22 @@ static void replay_attr(struct rp *r, const char *k, size_t kl, uint32_t mode) {
     ov_clear(r);
 }
 
+/* A symlink created elsewhere: symlinkat with its target (IN_CREATE). */
+static void replay_symlink(struct rp *r, const char *k, size_t kl) {
+    if (rel_path(r->fs, k, kl, 0, r->path, sizeof r->path) < 0) return;
+    struct fs_kv kv;
+    if (r->fs->be.get(r->fs->be.data, k, kl, &kv) < 0) return;
+    size_t tl;
+    char *t = fs__cat(kv.value ? kv.value : "", kv.value_len, NULL, 0, NULL, 0, &tl);
+    fs_kv_clear(&kv);
+    if (t == NULL) return;
+    ov_fill(r, 0, 0, 0, k, kl); /* the name looks absent: the kernel sends SYMLINK */
+    ov_set(r, 1);
+    (void)symlinkat(t, r->root, r->path);
+    ov_clear(r);
+    free(t);
+}
+
 /* A put: create (created) or rewrite, writing len bytes. */
 static void replay_put(struct rp *r, const char *k, size_t kl, int created, size_t len,
                        uint32_t mode) {
@@ -521,7 +537,9 @@ static void replay_files(struct rp *r) {
         size_t len = kv.value_len;
         uint32_t mode = kv.mode;
         fs_kv_clear(&kv);
-        if (live && it->meta_only)
+        if (live && S_ISLNK(mode)) {
+            if (it->created) replay_symlink(r, it->key, it->key_len);
+        } else if (live && it->meta_only)
             replay_attr(r, it->key, it->key_len, mode);
         else if (live)
             replay_put(r, it->key, it->key_len, it->created, len, mode);

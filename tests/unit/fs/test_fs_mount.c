@@ -1573,3 +1573,59 @@ MOUNT_TEST(other_users_read_only_the_owner_writes, NULL) {
     ASSERT_EQ(waitpid(pid, &status, 0), pid);
     ASSERT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : 99, 0);
 }
+
+/* ---- symlinks ---- */
+
+MOUNT_TEST(symlinks_are_stored, NULL) {
+    ASSERT_EQ(write_str(P(m, "target"), "t"), 0);
+    ASSERT_EQ(symlink("target", P(m, "ln")), 0);
+    struct fs_kv kv;
+    ASSERT_EQ(mb_lookup(m->mb, "/ln", &kv), 0);
+    ASSERT_EQ(kv.mode, S_IFLNK | 0777);
+    ASSERT_EQ(kv.value_len, 6);
+    ASSERT_MEM_EQ(kv.value, "target", 6);
+    fs_kv_clear(&kv);
+    char b[64];
+    ASSERT_EQ(readlink(P(m, "ln"), b, sizeof b), 6);
+    struct stat st;
+    ASSERT_EQ(lstat(P(m, "ln"), &st), 0);
+    ASSERT(S_ISLNK(st.st_mode));
+    ASSERT_EQ(st.st_size, 6);
+    ASSERT_FILE(P(m, "ln"), "t"); /* followed by the kernel */
+    ASSERT_EQ(symlink("x", P(m, "ln")), -1);
+    ASSERT_EQ(errno, EEXIST);
+    ASSERT_EQ(lchown(P(m, "ln"), 1, 1), 0); /* keeps being a link */
+    ASSERT_EQ(lstat(P(m, "ln"), &st), 0);
+    ASSERT(S_ISLNK(st.st_mode));
+    ASSERT_EQ(st.st_uid, 1);
+    ASSERT_EQ(rename(P(m, "ln"), P(m, "ln2")), 0);
+    ASSERT_EQ(readlink(P(m, "ln2"), b, sizeof b), 6);
+    /* one made elsewhere is replayed as a symlink */
+    int ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    ASSERT(ifd >= 0);
+    ASSERT(inotify_add_watch(ifd, m->dir, IN_CREATE) >= 0);
+    mb_put(m->mb, "/rl", 3, "../etc", 6, S_IFLNK | 0777);
+    uint32_t mask = IN_CREATE;
+    const char *name = "rl";
+    ASSERT_EQ(wait_events(ifd, &mask, &name, 1), 0);
+    close(ifd);
+    ASSERT_EQ(readlink(P(m, "rl"), b, sizeof b), 6);
+    ASSERT_MEM_EQ(b, "../etc", 6);
+    ASSERT_EQ(unlink(P(m, "rl")), 0);
+    ASSERT_EQ(kv_has(m, "/rl"), 0);
+}
+
+MOUNT_TEST(cp_a_of_a_real_tree, NULL) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "set -e; t=$(mktemp -d); mkdir -p $t/src/sub; echo a >$t/src/a; "
+             "printf 'b\\nc' >$t/src/sub/b; ln -s a $t/src/lnk; ln -s sub $t/src/dlnk; "
+             "chmod 600 $t/src/sub/b; cp -a $t/src %s/copy; "
+             "diff -r --no-dereference $t/src %s/copy; "
+             "[ \"$(stat -c %%a %s/copy/sub/b)\" = 600 ]; "
+             "[ \"$(readlink %s/copy/lnk)\" = a ]; rm -rf $t",
+             m->dir, m->dir, m->dir, m->dir);
+    ASSERT_EQ(system(cmd), 0);
+    ASSERT_KV(m, "/copy/a", "a\n");
+    ASSERT_KV(m, "/copy/sub/b", "b\nc");
+}
