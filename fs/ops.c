@@ -1327,6 +1327,7 @@ static void rename_done(struct op *op) {
 /* ---- setattr ---- */
 
 static void setattr_start(struct op *op);
+static void setattr_done(struct op *op);
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                        struct fuse_file_info *fi) {
@@ -1476,6 +1477,15 @@ static void setattr_start(struct op *op) {
     op->uid = uid;
     op->gid = gid;
     op->mtime_ns = mtime;
+    if (have && kv.mode == mode && kv.uid == uid && kv.gid == gid && kv.mtime_ns == mtime &&
+        !(to_set & FUSE_SET_ATTR_SIZE)) {
+        /* changes nothing (vim and install chmod to the mode the file has):
+         * no put, no revision, no event */
+        fs_kv_clear(&kv);
+        op->to_set &= ~(FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW);
+        setattr_done(op);
+        return;
+    }
     struct txn_b t = {0};
     add_cmp(&t, FS_CMP_MOD_EQ, k, kl)->revision = have ? kv.mod_revision : 0;
     struct fs_op *o = add_op(&t, FS_OP_PUT, k, kl);
