@@ -93,18 +93,23 @@ static int url_parse(const char *s, size_t len, struct url *u) {
 
 /* ---- TLS ---------------------------------------------------------------- */
 
-/* "h2" (gRPC) when the client offers it, else "http/1.1" (the gateway,
- * /health, /version, /metrics), as Go's server prefers; a client offering
- * neither gets no ALPN answer and the first bytes decide (conn.c). */
+/* "http/1.1" when the client offers it, else "h2": gRPC clients offer only
+ * "h2", while curl, browsers and Python offer both and then get the routes
+ * that exist over HTTP/1.1 here (the gateway, /health, /version, /metrics;
+ * etcd serves them over HTTP/2 as well). A client offering neither gets no
+ * ALPN answer and the first bytes decide (conn.c). */
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg) {
     (void)ssl;
     (void)arg;
-    static const unsigned char ours[] = "\x02h2\x08http/1.1";
+    static const unsigned char h1[] = "\x08http/1.1";
+    static const unsigned char h2[] = "\x02h2";
     unsigned char *sel = NULL;
     unsigned char sel_len = 0;
-    if (SSL_select_next_proto(&sel, &sel_len, ours, sizeof(ours) - 1, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, &sel_len, h1, sizeof(h1) - 1, in, inlen) !=
+            OPENSSL_NPN_NEGOTIATED &&
+        SSL_select_next_proto(&sel, &sel_len, h2, sizeof(h2) - 1, in, inlen) !=
+            OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
     *out = sel;
     *outlen = sel_len;
