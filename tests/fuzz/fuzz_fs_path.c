@@ -5,7 +5,8 @@
  *     must give the input back (only canonical names are accepted), and the
  *     raw component must not contain '/';
  *   - as a key component: fs_name_encode must give a valid name (1..255
- *     bytes, no '/' or NUL, not "." or "..") that decodes back to the input
+ *     bytes, no '/' or NUL, not "." or "..", never the reserved "%value";
+ *     printable ASCII without '%' kept as is) that decodes back to the input
  *     (or, for a hashed long name, is recognised as one whose visible part
  *     is a prefix of the input).
  */
@@ -35,6 +36,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (nl == 0 || nl > FS_NAME_MAX || strlen(name) != nl) abort();
         if (memchr(name, '/', nl) != NULL) abort();
         if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) abort();
+        if (fs__name_is_value(name, nl)) abort(); /* "%value" is reserved */
+        /* a '%' is written as itself unless a letter, digit or '~' follows */
+        if (nl == size && memcmp(name, in, size) != 0 && memchr(in, '%', size) == NULL &&
+            size > 0 && !(size <= 2 && in[0] == '.')) {
+            int plain = 1;
+            for (size_t i = 0; i < size; i++)
+                plain &= (unsigned char)in[i] >= 0x20 && (unsigned char)in[i] < 0x7F;
+            if (plain) abort(); /* printable ASCII without '%' is kept as is */
+        }
         char *back = malloc(nl + 1);
         if (back == NULL) abort();
         long m = fs_name_decode(name, nl, back, nl + 1);
