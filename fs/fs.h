@@ -40,6 +40,12 @@
  * directory persists; such a marker is not listed. The value of a key that
  * is also a prefix ("/a" beside "/a/b") is the file named "%value" inside the
  * directory ("MNT/a/%value"); an empty key component is spelled "%empty".
+ * A symlink is a key with metadata mode S_IFLNK|0777 and its target as value.
+ *
+ * Files: what is written through one open file description is put once,
+ * whole, by the opener's last close, an fsync or the release (never by a
+ * child's close); a created file is put only then (O_EXCL as an "absent"
+ * compare at that put). fs/README.md, "One put per value", has the rules.
  *
  * Errors: functions return 0, a negative errno, or a negative code from
  * FS_ERRORS. Memory: every borrowed pointer is valid only for the duration
