@@ -27,6 +27,10 @@
  * has a revision, a range returns the value written, a keep-alive its
  * lease, an event its put) and a wrong one is counted, not timed.
  *
+ * For tests/bench/mount_fanout.sh, --key-prefix puts keys under a prefix
+ * and --sends logs each answered put as "KEY SENT_NS ANSWERED_NS"
+ * (CLOCK_REALTIME), to be matched with events seen elsewhere.
+ *
  * Output: figures for a human, then one line "RESULT key=value ..." for
  * scripts. Exit status 0, or 1 when the run failed (no successes, wrong
  * answers, more than 1% errors, events missing), 2 on bad flags or a
@@ -101,6 +105,8 @@ struct opts {
     uint64_t key_size;       /* bytes */
     uint64_t val_size;       /* bytes */
     uint64_t key_space_size; /* distinct keys for put and txn-put */
+    const char *key_prefix;  /* put and txn-put keys: this, then key_size digits */
+    const char *sends;       /* put and txn-put: file of "KEY SENT_NS ANSWERED_NS" lines */
     const char *consistency; /* "l" or "s" */
     double rate;             /* requests/s, 0: unpaced */
     uint64_t streams;        /* watch streams */
@@ -135,6 +141,8 @@ static const struct opt_def OPT_DEFS[] = {
     OPT("key-size", OPT_U64, key_size, 1, LOAD_KEY_BYTES_MAX, "bytes of a put key (8)"),
     OPT("val-size", OPT_U64, val_size, 1, LOAD_VAL_BYTES_MAX, "bytes of a value (8)"),
     OPT("key-space-size", OPT_U64, key_space_size, 1, 1e15, "distinct put keys (1)"),
+    OPT("key-prefix", OPT_STR, key_prefix, 0, 0, "put keys: this, then --key-size digits (\"\")"),
+    OPT("sends", OPT_STR, sends, 0, 0, "put: log \"KEY SENT ANSWERED\" (CLOCK_REALTIME ns) per answer"),
     OPT("consistency", OPT_STR, consistency, 0, 0, "range: l (linearizable) or s (serializable)"),
     OPT("rate", OPT_DOUBLE, rate, 0, 1e9, "requests/s over all workers (0: as fast as answered)"),
     OPT("sequential-keys", OPT_BOOL, sequential_keys, 0, 0, "put keys in order, not at random"),
@@ -158,7 +166,7 @@ static void usage(FILE *f) {
 
 static int parse_args(int argc, char **argv, struct opts *o) {
     *o = (struct opts){.endpoints = "127.0.0.1:2379", .conns = 1, .clients = 1, .total = 10000,
-                       .key_size = 8, .val_size = 8, .key_space_size = 1, .consistency = "l",
+                       .key_size = 8, .val_size = 8, .key_space_size = 1, .consistency = "l", .key_prefix = "",
                        .streams = 10, .watchers = 100, .puts = 1000, .max_seconds = 60,
                        .timeout_ms = 5000, .seed = 1, .wl = WL_COUNT};
     for (int a = 1; a < argc; a++) {
@@ -234,6 +242,10 @@ static int parse_args(int argc, char **argv, struct opts *o) {
         fprintf(stderr, "qfs_load: --streams x --watchers above %llu\n", LOAD_WATCHERS_TOTAL_MAX);
         return -1;
     }
+    if (strlen(o->key_prefix) > LOAD_KEY_BYTES_MAX) {
+        fprintf(stderr, "qfs_load: --key-prefix longer than %u bytes\n", LOAD_KEY_BYTES_MAX);
+        return -1;
+    }
     if (o->wl == WL_WATCH && o->val_size < LOAD_WATCH_INDEX_DIGITS) o->val_size = LOAD_WATCH_INDEX_DIGITS;
     uint64_t keys = 1;
     for (uint64_t k = 0; k < o->key_size && keys < o->key_space_size; k++) keys *= 10;
@@ -260,6 +272,8 @@ static struct shared {
     char *eps_buf;
     size_t n_eps;
     char *value; /* val_size bytes, read-only once threads run */
+    size_t prefix_len; /* strlen(o.key_prefix) */
+    FILE *sends;       /* --sends; protected by err_lock */
     bool serializable;
 
     _Atomic uint64_t issued;  /* request numbers handed out */
@@ -353,11 +367,12 @@ struct worker {
     uint64_t seq;           /* --sequential-keys: next key */
     uint64_t i;             /* number of the request in flight or paced */
     uint64_t sent_ns;       /* when it was sent */
+    uint64_t sent_real_ns;  /* the same, CLOCK_REALTIME (--sends) */
     bool busy;              /* a request in flight, or waiting for its pace timer */
     bool done;              /* nothing more to send */
     bool pace_init;
     uv_timer_t pace;        /* --rate */
-    char *key;              /* key_size + 1 bytes */
+    char *key;              /* prefix_len + key_size + 1 bytes: prefix, digits, NUL */
     char *val;              /* watch: val_size bytes, this worker's value */
     struct client_stream *ka; /* lease-keepalive stream */
     int64_t lease;
@@ -405,13 +420,25 @@ static uint64_t xorshift64(uint64_t *s) {
 }
 
 /* Writes key number n, zero-padded to key_size digits, into w->key. */
+static uint64_t real_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Writes the prefix and key number n, zero-padded to key_size digits, into w->key. */
 static void make_key(struct worker *w, uint64_t n) {
     char digits[32];
     int len = snprintf(digits, sizeof(digits), "%" PRIu64, n);
     size_t ks = g.o.key_size;
-    memset(w->key, '0', ks);
+    char *d = w->key + g.prefix_len;
+    memset(d, '0', ks);
     size_t l = (size_t)len < ks ? (size_t)len : ks;
-    memcpy(w->key + ks - l, digits + (size_t)len - l, l);
+    memcpy(d + ks - l, digits + (size_t)len - l, l);
+}
+
+static size_t key_len(void) {
+    return g.prefix_len + g.o.key_size;
 }
 
 static void setup_step_done(struct thr *t) {
@@ -472,6 +499,12 @@ static void worker_answered(struct worker *w, const struct client_status *st,
             atomic_max(&g.last_ns, now);
         else
             lat_record(now - w->sent_ns, now);
+        if (g.sends && (g.o.wl == WL_PUT || g.o.wl == WL_TXN_PUT)) {
+            uint64_t real = real_ns();
+            uv_mutex_lock(&g.err_lock);
+            fprintf(g.sends, "%s %" PRIu64 " %" PRIu64 "\n", w->key, w->sent_real_ns, real);
+            uv_mutex_unlock(&g.err_lock);
+        }
     }
     worker_next(w);
 }
@@ -485,6 +518,7 @@ static void worker_send(struct worker *w) {
     int rc = 0;
     w->busy = true;
     w->sent_ns = now_ns();
+    if (g.sends) w->sent_real_ns = real_ns();
     switch (g.o.wl) {
     case WL_PUT:
     case WL_WATCH: {
@@ -499,7 +533,7 @@ static void worker_send(struct worker *w) {
         } else {
             make_key(w, g.o.sequential_keys ? w->seq++ % g.o.key_space_size
                                             : xorshift64(&w->rng) % g.o.key_space_size);
-            req.key = bin(w->key, g.o.key_size);
+            req.key = bin(w->key, key_len());
             req.value = bin(g.value, g.o.val_size);
         }
         rc = client_unary(w->conn->c, "/etcdserverpb.KV/Put", &req.base,
@@ -518,7 +552,7 @@ static void worker_send(struct worker *w) {
         make_key(w, g.o.sequential_keys ? w->seq++ % g.o.key_space_size
                                         : xorshift64(&w->rng) % g.o.key_space_size);
         Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
-        put.key = bin(w->key, g.o.key_size);
+        put.key = bin(w->key, key_len());
         put.value = bin(g.value, g.o.val_size);
         Etcdserverpb__RequestOp op = ETCDSERVERPB__REQUEST_OP__INIT;
         op.request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
@@ -921,7 +955,8 @@ static int build(void) {
         w->rng = (o->seed + 1) * 0x9E3779B97F4A7C15ull + j * 0xBF58476D1CE4E5B9ull;
         if (w->rng == 0) w->rng = 1;
         w->seq = j * (o->key_space_size / n_workers + 1);
-        w->key = calloc(o->key_size + 1, 1);
+        w->key = calloc(g.prefix_len + o->key_size + 1, 1);
+        if (w->key) memcpy(w->key, o->key_prefix, g.prefix_len);
         w->val = malloc(o->val_size);
         if (!w->key || !w->val) return -ENOMEM;
         memcpy(w->val, g.value, o->val_size);
@@ -1005,6 +1040,14 @@ int main(int argc, char **argv) {
     const struct opts *o = &g.o;
     if (split_endpoints() != 0) return 2;
     g.serializable = strcmp(o->consistency, "s") == 0;
+    g.prefix_len = strlen(o->key_prefix);
+    if (o->sends) {
+        g.sends = fopen(o->sends, "w");
+        if (g.sends == NULL) {
+            fprintf(stderr, "qfs_load: --sends %s: %s\n", o->sends, strerror(errno));
+            return 2;
+        }
+    }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     n_threads = (unsigned)(o->threads ? o->threads : (uint64_t)(cpus > 0 ? cpus : 1));
     if (n_threads > o->conns) n_threads = (unsigned)o->conns;
@@ -1059,6 +1102,10 @@ int main(int argc, char **argv) {
                   (double)errors > LOAD_ERROR_SHARE_MAX * (double)(ok + errors) ||
                   (o->wl == WL_WATCH && atomic_load(&g.events) < g.events_expected);
     for (unsigned i = 0; i < n_threads; i++) uv_loop_close(&threads[i].loop);
+    if (g.sends && fclose(g.sends) != 0) {
+        fprintf(stderr, "qfs_load: --sends %s: %s\n", o->sends, strerror(errno));
+        failed = true;
+    }
     return failed ? 1 : 0;
 
 err_nomem:
