@@ -69,9 +69,16 @@ void etcd__put_from_pb(const Etcdserverpb__PutRequest *in, int64_t mtime_ns,
     out->prev_kv = in->prev_kv;
     out->ignore_value = in->ignore_value;
     out->ignore_lease = in->ignore_lease;
-    /* mode 0: the mount shows the key with its default file mode and owner;
-     * the etcd API has no say in them. */
+    /* mode 0: the mount shows the key with its default file mode and owner.
+     * A mount's put (quorumfs mount) carries them in quorumfs's extension. */
     out->mtime_ns = mtime_ns;
+    const Mvccpb__FileMeta *m = in->quorumfs_meta;
+    if (m && m->mode != 0) {
+        out->mode = m->mode;
+        out->uid = m->uid;
+        out->gid = m->gid;
+        if (m->mtime_ns) out->mtime_ns = m->mtime_ns;
+    }
 }
 
 void etcd__delete_from_pb(const Etcdserverpb__DeleteRangeRequest *in,
@@ -212,6 +219,16 @@ Mvccpb__KeyValue *etcd__kv_to_pb(struct etcd_arena *a, const struct store_kv *kv
     out->mod_revision = kv->mod_revision;
     out->version = kv->version;
     out->lease = kv->lease;
+    if (kv->mode != 0) { /* written through a mount: quorumfs's extension */
+        Mvccpb__FileMeta *m = etcd__alloc(a, sizeof *m);
+        if (!m) return NULL;
+        mvccpb__file_meta__init(m);
+        m->mode = kv->mode;
+        m->uid = kv->uid;
+        m->gid = kv->gid;
+        m->mtime_ns = kv->mtime_ns;
+        out->quorumfs_meta = m;
+    }
     return out;
 }
 

@@ -687,6 +687,20 @@ void etcd__watch_drained(struct etcd *e, struct api_stream *stream) {
 
 static void hub_timer_closed(uv_handle_t *h) { etcd__unref(h->data); }
 
+/* A snapshot replaced the store: every synced watcher catches up from the
+ * new store's history (or is canceled with compact_revision if it no longer
+ * has the revisions it needs), as etcd's watchableStore does on restore. */
+static void restore_cb(void *ctx) {
+    struct etcd *e = ctx;
+    struct etcd_watch_hub *hub = e->watch;
+    if (!hub || hub->stopped) return;
+    for (struct wstream *ws = hub->streams; ws; ws = ws->next)
+        for (struct watcher *w = ws->watchers; w; w = w->next)
+            if (w->synced) mark_unsynced(ws, w, hub->last_rev + 1);
+    hub->last_rev = etcd__current_revision(e);
+    schedule_sync(e, 0);
+}
+
 int etcd__watch_init(struct etcd *e) {
     struct etcd_watch_hub *hub = calloc(1, sizeof *hub);
     if (!hub) return -ENOMEM;
@@ -695,6 +709,7 @@ int etcd__watch_init(struct etcd *e) {
     uv_timer_init(e->loop, &hub->sync_timer);
     hub->sync_timer.data = e;
     etcd__ref(e);
+    node__set_restore_hook(e->node, restore_cb, e);
     return 0;
 }
 

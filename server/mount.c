@@ -63,7 +63,7 @@
 #define MOUNT_ENDPOINTS_MAX 16
 #define MOUNT_PAGE_KEYS 1000        /* keys per Range page of a (re)load */
 #define MOUNT_RETRY_MIN_MS 100u     /* watch restart backoff */
-#define MOUNT_RETRY_MAX_MS 3000u
+#define MOUNT_RETRY_MAX_MS 1000u
 #define MOUNT_EVQ_MAX 65536u        /* watch responses waiting to be classified */
 #define MOUNT_MY_REVS_MAX 4096u     /* revisions of this mount's writes not yet seen */
 #define MOUNT_TICK_MS 100u
@@ -106,6 +106,8 @@ struct mount_config {
     const char *prefix;
     char cache_dir[PATH_MAX];
     bool read_only, foreground, nonempty, debug;
+    bool linearizable;    /* --mount-consistency=linearizable */
+    uint64_t max_request_bytes;
     const char *log_file;
     char mountpoint[PATH_MAX];
 };
@@ -138,6 +140,11 @@ void mount_usage(FILE *out) {
         "  --foreground             stay in the foreground (default: detach once mounted)\n"
         "  --log-file FILE          log here (default: stderr; /dev/null once detached)\n"
         "  --mount-nonempty         allow mounting over a non-empty directory\n"
+        "  --mount-consistency local|linearizable\n"
+        "                           linearizable: open(2) first asks the cluster for its\n"
+        "                           revision and waits until the copy has it (default local)\n"
+        "  --max-request-bytes N    largest value a file may hold (default 1048576; match\n"
+        "                           the servers' --max-request-bytes)\n"
         "  --help                   this text\n"
         "\n"
         "Durations are Go-style: 500ms, 2s, 1m (a bare number is seconds).\n"
@@ -261,6 +268,24 @@ static int config_parse(struct mount_config *c, int argc, char **argv, char *err
                 c->dial_timeout_ms = ms;
             else
                 c->command_timeout_ms = ms;
+        } else if (strcmp(name, "--mount-consistency") == 0) {
+            if (strcmp(val, "linearizable") == 0)
+                c->linearizable = true;
+            else if (strcmp(val, "local") == 0)
+                c->linearizable = false;
+            else {
+                snprintf(err, el, "--mount-consistency: 'local' or 'linearizable', not '%s'", val);
+                return -1;
+            }
+        } else if (strcmp(name, "--max-request-bytes") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(val, &end, 10);
+            if (errno || *end || v == 0) {
+                snprintf(err, el, "--max-request-bytes: '%s' is not a positive number", val);
+                return -1;
+            }
+            c->max_request_bytes = v;
         } else if (strcmp(name, "--prefix") == 0) {
             c->prefix = val;
         } else if (strcmp(name, "--cache-dir") == 0) {
@@ -395,6 +420,16 @@ struct sub {
     struct sub *wait_next; /* on m->waiting: answered, copy not caught up */
 };
 
+/* A linearizable read point asked by fs (read_barrier). */
+struct barrier {
+    struct barrier *next;
+    void (*cb)(void *arg, int err);
+    void *arg;
+    struct mnt *m;
+    int64_t rev;          /* the cluster's revision when asked */
+    uint64_t deadline_ms; /* loop: waiting for the copy */
+};
+
 /* A watch response that arrived while earlier writes were unanswered. */
 struct evq_item {
     struct evq_item *next;
@@ -414,8 +449,9 @@ struct mnt {
     int fs_rc;
     int ready_fd; /* detaching parent waits on it; -1 if none */
 
-    pthread_mutex_t mu; /* guards subq_* and stopping */
+    pthread_mutex_t mu; /* guards subq_*, barq and stopping */
     struct sub *subq_head, *subq_tail;
+    struct barrier *barq; /* asked, not yet sent (LIFO is fine) */
     bool stopping;
     _Atomic int online;           /* the watch is established */
     _Atomic uint64_t offline_since_ms; /* 0 while online or never online */
@@ -425,6 +461,7 @@ struct mnt {
     _Atomic int mounted;
     uv_timer_t tick;
     uv_timer_t retry;
+    uv_timer_t fs_timer; /* starts fs after --dial-timeout even if not in sync */
     uv_signal_t sig[3];
     bool closing;
 
@@ -445,6 +482,8 @@ struct mnt {
     uint64_t seq_next;   /* sequence of the next write sent */
     struct sub *inflight; /* sent, unanswered (linked by next) */
     struct sub *waiting;  /* answered, waiting for the copy (wait_next) */
+    struct barrier *bar_waiting; /* answered, waiting for the copy */
+    bool serializable;    /* load with serializable ranges (a learner) */
     struct evq_item *evq_head, *evq_tail;
     size_t evq_len;
     int64_t my_revs[MOUNT_MY_REVS_MAX];
@@ -485,6 +524,13 @@ static int copy_kv(const struct store_kv *src, struct fs_kv *dst, bool with_valu
     dst->mod_revision = src->mod_revision;
     dst->version = src->version;
     dst->lease = src->lease;
+    if (src->mode != 0) { /* quorumfs's extension: written through a mount */
+        dst->mode = src->mode;
+        dst->uid = src->uid;
+        dst->gid = src->gid;
+        dst->mtime_ns = src->mtime_ns;
+        return 0;
+    }
     /* etcd keeps no file metadata: mode 0, and fs shows its defaults. The
      * one exception is a directory marker ("<dir>/", empty, as mkdir writes
      * it), which fs recognises by its mode. */
@@ -549,6 +595,23 @@ static int be_range(void *data, const char *start, size_t start_len, const char 
 static int be_revision(void *data, int64_t *out) {
     struct mnt *m = data;
     *out = store_cache_revision(m->cache);
+    return 0;
+}
+
+static void wake_loop(struct mnt *m);
+
+static int be_read_barrier(void *data, void (*cb)(void *arg, int err), void *arg) {
+    struct mnt *m = data;
+    struct barrier *b = calloc(1, sizeof *b);
+    if (!b) return -ENOMEM;
+    b->cb = cb;
+    b->arg = arg;
+    b->m = m;
+    pthread_mutex_lock(&m->mu);
+    b->next = m->barq;
+    m->barq = b;
+    pthread_mutex_unlock(&m->mu);
+    wake_loop(m);
     return 0;
 }
 
@@ -659,6 +722,7 @@ static char *prefix_range_end(const char *p, size_t n, size_t *out_len) {
 
 static int grpc_to_errno(const struct client_status *st) {
     const char *msg = st->message ? st->message : "";
+    if (st->code != 0 && strstr(msg, "not supported for learner")) return -EROFS;
     switch (st->code) {
     case 0: return 0;
     case 1:  /* CANCELLED */
@@ -718,6 +782,18 @@ static void waiting_fire(struct mnt *m, bool all) {
             sub_finish(s);
         } else {
             pp = &s->wait_next;
+        }
+    }
+    struct barrier **bp = &m->bar_waiting;
+    while (*bp) {
+        struct barrier *b = *bp;
+        if (all || b->rev <= rev || now >= b->deadline_ms) {
+            *bp = b->next;
+            /* Past the deadline the copy did not catch up: no read point. */
+            b->cb(b->arg, all && m->closing ? -ECANCELED : b->rev <= rev ? 0 : -ETIMEDOUT);
+            free(b);
+        } else {
+            bp = &b->next;
         }
     }
 }
@@ -780,8 +856,9 @@ static void send_sub(struct mnt *m, struct sub *s) {
     Etcdserverpb__RequestOp **opp = calloc(no ? no : 1, sizeof *opp);
     Etcdserverpb__PutRequest *puts = calloc(no ? no : 1, sizeof *puts);
     Etcdserverpb__DeleteRangeRequest *dels = calloc(no ? no : 1, sizeof *dels);
+    Mvccpb__FileMeta *metas = calloc(no ? no : 1, sizeof *metas);
     int rc = -ENOMEM;
-    if (!cmps || !cmpp || !ops || !opp || !puts || !dels) goto out;
+    if (!cmps || !cmpp || !ops || !opp || !puts || !dels || !metas) goto out;
     for (size_t i = 0; i < nc; i++) {
         const struct fs_cmp *f = &s->cmps[i];
         Etcdserverpb__Compare *c = &cmps[i];
@@ -822,6 +899,14 @@ static void send_sub(struct mnt *m, struct sub *s) {
             p->key = (ProtobufCBinaryData){f->key_len, (uint8_t *)f->key};
             p->value = (ProtobufCBinaryData){f->value_len, (uint8_t *)f->value};
             p->lease = f->lease;
+            if (f->mode != 0) { /* kept by quorumfs servers, skipped by etcd */
+                mvccpb__file_meta__init(&metas[i]);
+                metas[i].mode = f->mode;
+                metas[i].uid = f->uid;
+                metas[i].gid = f->gid;
+                metas[i].mtime_ns = f->mtime_ns;
+                p->quorumfs_meta = &metas[i];
+            }
             o->request_case = ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT;
             o->request_put = p;
         } else {
@@ -858,9 +943,42 @@ out:
     free(opp);
     free(puts);
     free(dels);
+    free(metas);
     if (rc) {
         s->err = rc;
         sub_finish(s);
+    }
+}
+
+static void barrier_cb(void *arg, const struct client_status *st, const ProtobufCMessage *resp) {
+    struct barrier *b = arg;
+    struct mnt *m = b->m;
+    if (st->code != 0) {
+        b->cb(b->arg, -ETIMEDOUT);
+        free(b);
+        return;
+    }
+    const Etcdserverpb__RangeResponse *r = (const Etcdserverpb__RangeResponse *)resp;
+    b->rev = r->header ? r->header->revision : 0;
+    b->deadline_ms = now_ms() + m->cfg->command_timeout_ms;
+    b->next = m->bar_waiting;
+    m->bar_waiting = b;
+    waiting_fire(m, false);
+    if (m->bar_waiting) watch_send_progress(m);
+}
+
+/* A linearizable Range of one key gives the cluster's revision at a read
+ * index; the read point is passed once the copy has that revision. */
+static void send_barrier(struct mnt *m, struct barrier *b) {
+    Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    req.key = (ProtobufCBinaryData){m->prefix_len, (uint8_t *)m->prefix};
+    req.keys_only = true;
+    req.limit = 1;
+    int rc = client_unary(m->cl, "/etcdserverpb.KV/Range", &req.base,
+                          &etcdserverpb__range_response__descriptor, barrier_cb, b);
+    if (rc) {
+        b->cb(b->arg, -ETIMEDOUT);
+        free(b);
     }
 }
 
@@ -868,7 +986,19 @@ static void drain_subq(struct mnt *m) {
     pthread_mutex_lock(&m->mu);
     struct sub *s = m->subq_head;
     m->subq_head = m->subq_tail = NULL;
+    struct barrier *b = m->barq;
+    m->barq = NULL;
     pthread_mutex_unlock(&m->mu);
+    while (b) {
+        struct barrier *next = b->next;
+        if (m->closing) {
+            b->cb(b->arg, -ECANCELED);
+            free(b);
+        } else {
+            send_barrier(m, b);
+        }
+        b = next;
+    }
     uint64_t off = atomic_load(&m->offline_since_ms);
     bool offline = !atomic_load(&m->online) && !client_connected(m->cl) && off != 0 &&
                    now_ms() - off >= m->cfg->dial_timeout_ms;
@@ -892,6 +1022,7 @@ static void drain_subq(struct mnt *m) {
 /* ------------------------------------------------------------ watch (loop) */
 
 static void start_sync(struct mnt *m);
+static void start_fs(struct mnt *m);
 
 static void set_offline(struct mnt *m) {
     if (atomic_exchange(&m->online, 0)) atomic_store(&m->offline_since_ms, now_ms());
@@ -918,6 +1049,12 @@ static void kv_from_pb(const Mvccpb__KeyValue *p, struct store_kv *kv) {
     kv->mod_revision = p->mod_revision;
     kv->version = p->version;
     kv->lease = p->lease;
+    if (p->quorumfs_meta) { /* a quorumfs server: the file metadata */
+        kv->mode = p->quorumfs_meta->mode;
+        kv->uid = p->quorumfs_meta->uid;
+        kv->gid = p->quorumfs_meta->gid;
+        kv->mtime_ns = p->quorumfs_meta->mtime_ns;
+    }
 }
 
 static void notify(struct mnt *m, enum fs_change_type type, const void *key, size_t kl,
@@ -1032,6 +1169,7 @@ static void watch_msg_cb(void *arg, const ProtobufCMessage *msg) {
         m->retry_ms = 0;
         atomic_store(&m->online, 1);
         atomic_store(&m->offline_since_ms, 0);
+        start_fs(m);
         logf_("watching %s from revision %" PRId64 " on %s", m->prefix,
               store_cache_revision(m->cache) + 1, client_endpoint(m->cl));
         return;
@@ -1174,6 +1312,16 @@ static void range_cb(void *arg, const struct client_status *st, const ProtobufCM
         return;
     }
     if (st->code != 0) {
+        if (!m->serializable && st->message && strstr(st->message, "learner")) {
+            /* A learner serves serializable reads only: load from its copy. */
+            logf_("the endpoint is a learner: loading with serializable reads");
+            m->serializable = true;
+            if (m->reload) store_cache_reload_abort(m->reload);
+            m->reload = NULL;
+            m->next_key_len = 0;
+            send_page(m);
+            return;
+        }
         load_fail(m, st->message && *st->message ? st->message : "connection lost");
         return;
     }
@@ -1250,6 +1398,7 @@ static void range_cb(void *arg, const struct client_status *st, const ProtobufCM
     logf_("loaded the key space under %s at revision %" PRId64 "%s (%zu changes)", m->prefix,
           m->reload_rev, first ? "" : " again", changes);
     waiting_fire(m, false);
+    start_fs(m);
     start_watch(m);
 }
 
@@ -1262,6 +1411,7 @@ static void send_page(struct mnt *m) {
     req.range_end = (ProtobufCBinaryData){m->pend_len, (uint8_t *)m->pend};
     req.limit = MOUNT_PAGE_KEYS;
     req.revision = m->reload ? m->reload_rev : 0;
+    req.serializable = m->serializable;
     int rc = client_unary(m->cl, "/etcdserverpb.KV/Range", &req.base,
                           &etcdserverpb__range_response__descriptor, range_cb, m);
     if (rc) load_fail(m, client_strerror(rc));
@@ -1283,6 +1433,33 @@ static void start_sync(struct mnt *m) {
 }
 
 /* ------------------------------------------------------------ lifecycle */
+
+static void *fs_thread_main(void *arg);
+static void report_ready(struct mnt *m, const char *msg);
+static void begin_close(struct mnt *m);
+
+/* Mounts once the copy is in sync with the cluster, or after --dial-timeout
+ * without it (then serving the copy as it is, possibly empty), so a fresh
+ * mount never shows an empty directory for a moment. */
+static void start_fs(struct mnt *m) {
+    if (m->fs_started || m->closing) return;
+    uv_timer_stop(&m->fs_timer);
+    m->fs_started = true;
+    if (pthread_create(&m->fs_thread, NULL, fs_thread_main, m) != 0) {
+        m->fs_started = false;
+        logf_("cannot start the mount thread");
+        report_ready(m, "cannot start the mount thread");
+        begin_close(m);
+    }
+}
+
+static void fs_timer_cb(uv_timer_t *t) {
+    struct mnt *m = t->data;
+    logf_("no endpoint answered within --dial-timeout: serving the local copy at revision "
+          "%" PRId64 " read-only until one does",
+          store_cache_revision(m->cache));
+    start_fs(m);
+}
 
 static void *fs_thread_main(void *arg) {
     struct mnt *m = arg;
@@ -1330,6 +1507,7 @@ static void begin_close(struct mnt *m) {
     /* The loop ends once the client and these handles are closed. */
     uv_close((uv_handle_t *)&m->retry, NULL);
     uv_close((uv_handle_t *)&m->tick, NULL);
+    uv_close((uv_handle_t *)&m->fs_timer, NULL);
     uv_close((uv_handle_t *)&m->wake, NULL);
     for (int i = 0; i < 3; i++) uv_close((uv_handle_t *)&m->sig[i], NULL);
     if (m->cl) client_close(m->cl, client_closed_cb, m);
@@ -1519,6 +1697,11 @@ int mount_main(int argc, char **argv) {
     co.dial_timeout_ms = cfg.dial_timeout_ms;
     co.command_timeout_ms = cfg.command_timeout_ms;
     co.log_cb = client_log_cb;
+    /* HTTP/2 PINGs find a host cut off mid-stream. etcd (grpc-go) answers
+     * PINGs more frequent than its --grpc-keepalive-min-time (5 s) with
+     * GOAWAY too_many_pings, so stay above it. */
+    co.keepalive_ms = 6000;
+    co.keepalive_timeout_ms = 3000;
     rc = client_new(&m->loop, &co, &m->cl, err, sizeof err);
     if (rc) {
         char msg[1200];
@@ -1534,6 +1717,8 @@ int mount_main(int argc, char **argv) {
     uv_timer_start(&m->tick, tick_cb, MOUNT_TICK_MS, MOUNT_TICK_MS);
     uv_timer_init(&m->loop, &m->retry);
     m->retry.data = m;
+    uv_timer_init(&m->loop, &m->fs_timer);
+    m->fs_timer.data = m;
     const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
     for (int i = 0; i < 3; i++) {
         uv_signal_init(&m->loop, &m->sig[i]);
@@ -1553,11 +1738,14 @@ int mount_main(int argc, char **argv) {
     opt.debug = cfg.debug;
     opt.mounted_cb = mounted_cb;
     opt.mounted_arg = m;
+    opt.linearizable_open = cfg.linearizable;
+    if (cfg.max_request_bytes) opt.value_bytes_max = cfg.max_request_bytes;
     struct fs_backend be = {.data = m,
                             .get = be_get,
                             .range = be_range,
                             .revision = be_revision,
                             .submit = be_submit,
+                            .read_barrier = be_read_barrier,
                             .connected = be_connected};
     rc = fs_new(&opt, &be, &m->fs);
     if (rc) {
@@ -1571,22 +1759,14 @@ int mount_main(int argc, char **argv) {
         uv_run(&m->loop, UV_RUN_DEFAULT);
         goto out_loop;
     }
-    m->fs_started = true;
-    if (pthread_create(&m->fs_thread, NULL, fs_thread_main, m) != 0) {
-        m->fs_started = false;
-        report_ready(m, "cannot start the mount thread");
-        begin_close(m);
-        uv_walk(&m->loop, close_walk_cb, NULL);
-        uv_run(&m->loop, UV_RUN_DEFAULT);
-        goto out_fs;
-    }
+    uv_timer_start(&m->fs_timer, fs_timer_cb, cfg.dial_timeout_ms, 0);
     start_sync(m);
     uv_run(&m->loop, UV_RUN_DEFAULT); /* until the client closed after the unmount */
-    pthread_join(m->fs_thread, NULL);
-    exit_code = m->fs_rc ? 1 : 0;
+    if (m->fs_started) pthread_join(m->fs_thread, NULL);
+    /* A stop asked before the mount was up is no failure. */
+    exit_code = m->fs_started ? (m->fs_rc ? 1 : 0) : (m->stopping ? 0 : 1);
     uv_walk(&m->loop, close_walk_cb, NULL);
     uv_run(&m->loop, UV_RUN_DEFAULT);
-out_fs:
     fs_free(m->fs);
 out_loop:
     uv_loop_close(&m->loop);

@@ -33,10 +33,10 @@
 
 #include <uv.h>
 
-#include "fs/fs.h"
 #include "net/net.h"
 #include "raft/raft.h"
 #include "server/etcd.h"
+#include "server/member_mount.h"
 #include "server/node.h"
 #include "server/server.h"
 #include "store/store.h"
@@ -95,7 +95,6 @@ struct node {
     uv_timer_t tick_timer;
     uv_async_t wake;
     uv_signal_t sig_int, sig_term, sig_hup;
-    uv_async_t fs_exited;
 
     /* The store. Readers on other threads hold store_lock shared; the loop
      * holds it exclusively only while it swaps in a received snapshot. */
@@ -152,15 +151,14 @@ struct node {
     node_apply_hook apply_hook;
     node_leader_hook leader_hook;
     void *hook_ctx;
+    node_restore_hook restore_hook;
+    void *restore_ctx;
 
     /* The etcd v3 API server. */
     struct api_server *api;
 
-    /* The mount. */
-    struct fs *fs;
-    pthread_t fs_thread;
-    bool fs_started;
-    int fs_rc;
+    /* The --mount process (server/member_mount.c); NULL without --mount. */
+    struct member_mount *mm;
 };
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -635,13 +633,7 @@ static int members_apply_conf(struct node *n, uint64_t index, const struct raft_
     if (w && w->member_id == cc->node_id) waiter_finish(&n->conf_waiter, crc ? -EINVAL : 0);
     if (crc == 0 && cc->type == RAFT_CC_REMOVE && cc->node_id == n->id) {
         logf_("this member was removed from the cluster; stopping");
-        pthread_mutex_lock(&n->mu);
-        n->stopping = true;
-        pthread_mutex_unlock(&n->mu);
-        if (n->fs_started)
-            fs_stop(n->fs);
-        else
-            uv_stop(&n->loop);
+        uv_stop(&n->loop); /* server_run unmounts, then refuses new work */
     }
     return 0;
 }
@@ -723,6 +715,11 @@ static void maybe_publish(struct node *n) {
 
 uv_loop_t *node__loop(struct node *n) { return &n->loop; }
 const struct server_config *node__config(struct node *n) { return n->cfg; }
+
+void node__set_restore_hook(struct node *n, node_restore_hook restore, void *ctx) {
+    n->restore_hook = restore;
+    n->restore_ctx = ctx;
+}
 
 void node__set_hooks(struct node *n, node_apply_hook apply, node_leader_hook leader, void *ctx) {
     n->apply_hook = apply;
@@ -933,23 +930,6 @@ static void try_propose(struct node *n, struct proposal *p) {
      * deadline. */
 }
 
-static void notify_mount(struct node *n, const struct store_result *res, bool local) {
-    if (!n->fs || !n->fs_started) return;
-    for (size_t i = 0; i < res->n_events; i++) {
-        const struct store_event *ev = &res->events[i];
-        struct fs_change c = {
-            .type = ev->type == STORE_EVENT_PUT ? FS_CHANGE_PUT : FS_CHANGE_DELETE,
-            .key = ev->kv.key.base,
-            .key_len = ev->kv.key.len,
-            .revision = ev->kv.mod_revision,
-            .created = ev->type == STORE_EVENT_PUT && ev->kv.version == 1,
-            .local = local,
-            .more = i + 1 < res->n_events,
-        };
-        fs_notify_change(n->fs, &c);
-    }
-}
-
 static int apply_entry(struct node *n, const struct raft_entry *e) {
     int rc;
     if (e->type == RAFT_ENTRY_CONF_CHANGE) {
@@ -980,7 +960,6 @@ static int apply_entry(struct node *n, const struct raft_entry *e) {
     if (rc) return rc;
     if (!res) return 0; /* already applied before a restart */
     struct proposal *p = res->request_id ? pending_take(n, res->request_id) : NULL;
-    notify_mount(n, res, p && p->origin == NODE_ORIGIN_MOUNT);
     if (n->apply_hook) n->apply_hook(n->hook_ctx, res);
     if (p) proposal_finish(n, p, res->err, res);
     store_result_free(res);
@@ -1192,7 +1171,7 @@ static int install_snapshot(struct node *n, const struct raft_update *u) {
         n->last_compact_index = meta->index;
         logf_("installed snapshot at index %" PRIu64, meta->index);
         members_reload(n);
-        if (n->fs && n->fs_started) fs_notify_reset(n->fs); /* every cached key */
+        if (n->restore_hook) n->restore_hook(n->restore_ctx);
     }
     return rc;
 }
@@ -1356,58 +1335,7 @@ static void tick_cb(uv_timer_t *t) {
 
 /* ------------------------------------------------------------ mount */
 
-static void *fs_thread_main(void *arg) {
-    struct node *n = arg;
-    n->fs_rc = fs_run(n->fs);
-    uv_async_send(&n->fs_exited);
-    return NULL;
-}
-
-static void fs_exited_cb(uv_async_t *h) {
-    struct node *n = h->data;
-    if (n->fs_rc) logf_("mount %s ended: %s (%s)", n->cfg->mount, fs_strerror(n->fs_rc),
-                        fs_errmsg(n->fs));
-    uv_stop(&n->loop);
-}
-
-/* A mount left behind by a killed process answers ENOTCONN: detach it. */
-static void clear_stale_mount(const char *dir) {
-    struct stat st;
-    if (stat(dir, &st) == 0) return;
-    if (errno == ENOTCONN || errno == ECONNABORTED) {
-        if (umount2(dir, MNT_DETACH) == 0)
-            logf_("detached a stale mount at %s", dir);
-    }
-}
-
-static int start_mount(struct node *n) {
-    const struct server_config *cfg = n->cfg;
-    clear_stale_mount(cfg->mount);
-    if (mkdir(cfg->mount, 0755) != 0 && errno != EEXIST) {
-        logf_("cannot create mount directory %s: %s", cfg->mount, strerror(errno));
-        return -1;
-    }
-    struct fs_options opt;
-    fs_options_init(&opt);
-    opt.mountpoint = cfg->mount;
-    opt.prefix = cfg->mount_prefix;
-    opt.linearizable_open = cfg->mount_linearizable;
-    opt.value_bytes_max = cfg->max_request_bytes;
-    struct fs_backend be;
-    node__fs_backend(n, &be);
-    int rc = fs_new(&opt, &be, &n->fs);
-    if (rc) {
-        logf_("mount %s: %s (%s)", cfg->mount, fs_strerror(rc), n->fs ? fs_errmsg(n->fs) : "");
-        return -1;
-    }
-    n->fs_started = true;
-    if (pthread_create(&n->fs_thread, NULL, fs_thread_main, n) != 0) {
-        n->fs_started = false;
-        logf_("cannot start the mount thread");
-        return -1;
-    }
-    return 0;
-}
+static void log_line(const char *line) { logf_("%s", line); }
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -1416,13 +1344,7 @@ static void signal_cb(uv_signal_t *s, int signum) {
     logf_("received %s, stopping", signum == SIGINT    ? "SIGINT"
                                    : signum == SIGTERM ? "SIGTERM"
                                                        : "SIGHUP");
-    pthread_mutex_lock(&n->mu);
-    n->stopping = true;
-    pthread_mutex_unlock(&n->mu);
-    if (n->fs_started)
-        fs_stop(n->fs); /* fs_exited_cb stops the loop once unmounted */
-    else
-        uv_stop(&n->loop);
+    uv_stop(&n->loop); /* server_run unmounts, then refuses new work */
 }
 
 static void cancel_all(struct node *n) {
@@ -1649,8 +1571,6 @@ int server_run(const struct server_config *cfg) {
     n->tick_timer.data = n;
     uv_async_init(&n->loop, &n->wake, wake_cb);
     n->wake.data = n;
-    uv_async_init(&n->loop, &n->fs_exited, fs_exited_cb);
-    n->fs_exited.data = n;
     uv_signal_init(&n->loop, &n->sig_int);
     n->sig_int.data = n;
     uv_signal_init(&n->loop, &n->sig_term);
@@ -1664,7 +1584,8 @@ int server_run(const struct server_config *cfg) {
                    cfg->heartbeat_interval_ms);
     process(n);
 
-    if (cfg->mount[0] && start_mount(n)) goto err_handles;
+    if (cfg->mount[0] && member_mount_start(&n->loop, cfg, log_line, &n->mm) != 0)
+        goto err_handles;
     logf_("member %s (%016" PRIx64 ") started; data in %s%s%s", cfg->name, n->id, cfg->data_dir,
           cfg->mount[0] ? ", key space mounted at " : "", cfg->mount);
 
@@ -1672,27 +1593,12 @@ int server_run(const struct server_config *cfg) {
     exit_code = n->fatal ? 1 : 0;
 
 err_handles:
+    /* The mount unmounts first: its last writes are still answered. */
+    member_mount_stop(n->mm, &n->loop);
+    n->mm = NULL;
     pthread_mutex_lock(&n->mu);
     n->stopping = true;
     pthread_mutex_unlock(&n->mu);
-    if (n->fs_started) {
-        fs_stop(n->fs);
-        /* fs_run waits for every done_cb: keep answering until it returns. */
-        while (uv_run(&n->loop, UV_RUN_NOWAIT), 1) {
-            cancel_all(n);
-            void *ret;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            if (pthread_timedjoin_np(n->fs_thread, &ret, &ts) == 0) break;
-        }
-        fs_free(n->fs);
-        n->fs_started = false;
-    }
     cancel_all(n);
     if (n->api) {
         etcd__stop(n->api);

@@ -1,6 +1,7 @@
 /*
  * node.h - private to server/: the node loop shared by node.c (Raft driver,
- * apply, waiters) and the adapters that feed it (fsback.c for the mount).
+ * apply, waiters) and the etcd services that feed it (etcd_*.c). The mount
+ * is a process of its own (member_mount.c), a client of the etcd API.
  *
  * Threads: node_submit() may be called from any thread; everything else runs
  * on the node loop thread.
@@ -54,10 +55,6 @@ bool node__is_learner(struct node *n);
  * node__store_release (a received snapshot may replace it in between). */
 struct store *node__store_acquire(struct node *n);
 void node__store_release(struct node *n);
-
-struct fs_backend;
-/* Fills *be with the mount's view of n (server/fsback.c). */
-void node__fs_backend(struct node *n, struct fs_backend *be);
 
 /* Maps a store/raft error code to the errno a filesystem caller expects. */
 int node__errno(int rc);
@@ -128,5 +125,9 @@ int node__transfer_leader(struct node *n, uint64_t to, node_barrier_cb cb, void 
 typedef void (*node_apply_hook)(void *ctx, const struct store_result *res);
 typedef void (*node_leader_hook)(void *ctx, bool leading);
 void node__set_hooks(struct node *n, node_apply_hook apply, node_leader_hook leader, void *ctx);
+/* Called on the loop after a snapshot replaced the store: revisions were
+ * applied without the apply hook (watchers catch up from the history). */
+typedef void (*node_restore_hook)(void *ctx);
+void node__set_restore_hook(struct node *n, node_restore_hook restore, void *ctx);
 
 #endif /* QUORUMFS_SERVER_NODE_H */

@@ -122,7 +122,8 @@ has_value() { [ "$(cat "$1/$2" 2>/dev/null)" = "$3" ]; }
   ip_old=$(node_ip "$old")
   in_ns iptables -A INPUT -s "$ip_old" -j DROP
   in_ns iptables -A INPUT -d "$ip_old" -j DROP
-  run bash -c "echo lost > '$(mnt "$old")/minority'"
+  # dd reports the error of close(2) (bash's builtin echo would not).
+  run bash -c "printf lost | dd of='$(mnt "$old")/minority' status=none"
   [ "$status" -ne 0 ]
   [[ "$output" == *"timed out"* || "$output" == *"Input/output error"* ]]
   other=$(( old % 3 + 1 ))

@@ -354,7 +354,7 @@ start_over_stale_mount() {
   wait_until 20 mountpoint -q "$dir/mnt" || { tail -20 "$dir/log" >&2; return 1; }
 }
 
-@test "SIGUSR1, SIGUSR2, SIGXFSZ, SIGPIPE are ignored; SIGHUP, SIGTERM, SIGINT stop cleanly; a start after SIGKILL detaches the stale mount" {
+@test "SIGUSR1, SIGUSR2, SIGXFSZ, SIGPIPE are ignored; SIGHUP, SIGTERM, SIGINT stop cleanly; the mount outlives a SIGKILL; a killed mount is detached at the next start" {
   local pid sig
   qfs_start sig "${CLUSTER_FLAGS[@]}"
   pid=$(cat "$QFS_TMP/sig/pid")
@@ -372,11 +372,32 @@ start_over_stale_mount() {
     stops_cleanly "$sig"
   done
 
-  # SIGKILL leaves the mount behind, disconnected; the next start detaches it.
+  # SIGKILL of the member: its mount is a process of its own and lives on,
+  # serving the last state read-only; the next start keeps it.
   qfs_restart sig "${CLUSTER_FLAGS[@]}"
   pid=$(cat "$QFS_TMP/sig/pid")
   kill -KILL "$pid"
   wait_until 20 pid_gone "$pid"
+  wait "$pid" || true
+  rm -f "$QFS_TMP/sig/pid"
+  [ "$(cat "$QFS_TMP/sig/mnt/audit")" = before-INT ]
+  wait_until 10 sh -c "[ \"\$(getfattr --only-values -n user.quorumfs.connected '$QFS_TMP/sig/mnt')\" = 0 ]"
+  start_over_stale_mount # returns at once: the mount is up
+  wait_until 20 grep -q "outlived the previous run: kept" "$QFS_TMP/sig/log"
+  wait_until 20 serves sig after-kill
+  [ "$(cat "$QFS_TMP/sig/mnt/audit")" = after-kill ]
+
+  # SIGKILL of the mount process itself leaves the mount disconnected; the
+  # next start of the member detaches it and mounts again.
+  local mpid
+  mpid=$(cat "$QFS_TMP/sig/data/mount.pid")
+  qfs_kill sig TERM
+  qfs_restart sig "${CLUSTER_FLAGS[@]}"
+  mpid=$(cat "$QFS_TMP/sig/data/mount.pid")
+  pid=$(cat "$QFS_TMP/sig/pid")
+  kill -KILL "$pid" "$mpid"
+  wait_until 20 pid_gone "$pid"
+  wait_until 20 pid_gone "$mpid"
   wait "$pid" || true
   rm -f "$QFS_TMP/sig/pid"
   run stat "$QFS_TMP/sig/mnt/audit"
@@ -384,6 +405,6 @@ start_over_stale_mount() {
   [[ "$output" == *"not connected"* ]]
   start_over_stale_mount
   grep -q "detached a stale mount" "$QFS_TMP/sig/log"
-  serves sig after-kill
-  [ "$(cat "$QFS_TMP/sig/mnt/audit")" = after-kill ]
+  serves sig after-mount-kill
+  [ "$(cat "$QFS_TMP/sig/mnt/audit")" = after-mount-kill ]
 }

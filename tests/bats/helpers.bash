@@ -72,8 +72,19 @@ qfs_kill() {
   wait_until 20 sh -c "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -f "$dir/pid"
-  # After SIGKILL the mount stays behind, disconnected (mountpoint(1) cannot
-  # even tell: stat fails with ENOTCONN): detach it whatever state it is in.
+  # A member's mount is a process of its own (data/mount.pid): after SIGKILL
+  # of the member it goes on serving, and the next start keeps it.
+}
+
+# mount_kill NAME: kills the mount process of member NAME (SIGKILL) and
+# detaches its mount.
+mount_kill() {
+  local dir=$QFS_TMP/$1 mpid
+  if [ -f "$dir/data/mount.pid" ]; then
+    mpid=$(cat "$dir/data/mount.pid")
+    kill -KILL "$mpid" 2>/dev/null || true
+    wait_until 20 sh -c "! kill -0 $mpid 2>/dev/null" || true
+  fi
   fusermount3 -uz "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt" 2>/dev/null || true
 }
 
@@ -94,10 +105,10 @@ qfs_teardown_keep_ns() {
   for d in "$QFS_TMP"/*/; do
     [ -d "$d" ] && qfs_kill "$(basename "$d")" KILL
   done
-  # Every node's mount, also a disconnected one (which a */mnt glob would
-  # not match: stat fails on it).
+  # Every node's mount process and mount, also a disconnected one (which a
+  # */mnt glob would not match: stat fails on it).
   for d in "$QFS_TMP"/*/; do
-    fusermount3 -uz "${d}mnt" 2>/dev/null || umount -l "${d}mnt" 2>/dev/null || true
+    mount_kill "$(basename "$d")"
   done
   return 0
 }
