@@ -285,3 +285,33 @@ cut_off_and_compact() { # KIND
   [ "$status" -ne 0 ]
   [ -z "$(ectl get /app/w)" ]
 }
+
+# ---------------------------------------------------------------- member mounts
+
+@test "a member's mount outlives kill -9 of the member: a watcher started before sees what changed while it was down (by snapshot) and after its restart" {
+  cluster_start 3 --snapshot-count 50
+  mkdir "$(mnt 1)/s"
+  wait_until 10 test -d "$(mnt 3)/s"
+  iw_start iw3 "$(mnt 3)/s"
+  local pid
+  pid=$(cat "$QFS_TMP/n3/pid")
+  qfs_kill n3 KILL
+  # The mount lives on and serves the last state, read-only.
+  test -d "$(mnt 3)/s"
+  wait_until 20 sh -c "[ \"\$(getfattr --only-values -n user.quorumfs.connected '$(mnt 3)')\" = 0 ]"
+  local i
+  for i in $(seq 1 120); do printf 'v%s' "$i" | dd of="$(mnt 1)/s/k$i" status=none; done
+  node_start 3 3 --snapshot-count 50
+  wait_until 20 grep -q "outlived the previous run: kept" "$QFS_TMP/n3/log"
+  wait_until 30 grep -qxF "CLOSE_WRITE,CLOSE $(mnt 3)/s/k120" "$QFS_TMP/iw3/ev" ||
+    { tail -20 "$QFS_TMP/n3/log" >&2; false; }
+  grep -q "installed snapshot" "$QFS_TMP/n3/log"
+  # Every missed change once.
+  for i in 1 60 120; do
+    [ "$(count iw3 "CLOSE_WRITE,CLOSE $(mnt 3)/s/k$i")" = 1 ]
+  done
+  printf after | dd of="$(mnt 1)/s/after" status=none
+  wait_until 10 grep -qxF "CLOSE_WRITE,CLOSE $(mnt 3)/s/after" "$QFS_TMP/iw3/ev"
+  [ "$(cat "$(mnt 3)/s/after")" = after ]
+  kill -0 "$(cat "$QFS_TMP/iw3/pid")" # the same inotifywait, alive throughout
+}
