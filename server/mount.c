@@ -484,6 +484,9 @@ struct mnt {
     struct sub *waiting;  /* answered, waiting for the copy (wait_next) */
     struct barrier *bar_waiting; /* answered, waiting for the copy */
     bool serializable;    /* load with serializable ranges (a learner) */
+    bool ever_connected;  /* some endpoint answered since the start */
+    size_t tls_failures;  /* TLS handshakes refused before that */
+    char tls_fatal[512];  /* set: startup fails with this line */
     struct evq_item *evq_head, *evq_tail;
     size_t evq_len;
     int64_t my_revs[MOUNT_MY_REVS_MAX];
@@ -1520,6 +1523,16 @@ static void wake_cb(uv_async_t *h) {
               m->cfg->n_endpoints > 1 ? ",..." : "");
         report_ready(m, "");
     }
+    if (m->tls_fatal[0] && !m->closing && !m->ever_connected) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "no endpoint accepted the TLS connection: %s", m->tls_fatal);
+        logf_("%s", msg);
+        if (!m->fs_started) {
+            report_ready(m, msg);
+            begin_close(m);
+            return;
+        }
+    }
     drain_subq(m);
     if (atomic_load(&m->fs_exited)) {
         if (m->fs_rc) {
@@ -1554,9 +1567,17 @@ static void signal_cb(uv_signal_t *s, int signum) {
         begin_close(m);
 }
 
+/* Every endpoint refused our TLS before any connection worked: a wrong
+ * --cacert/--cert/--key, not an outage. Startup fails with that line. */
 static void client_log_cb(void *arg, const char *line) {
-    (void)arg;
+    struct mnt *m = arg;
     logf_("%s", line);
+    if (!m->ever_connected && strstr(line, "TLS handshake failed") &&
+        ++m->tls_failures >= m->cfg->n_endpoints && !m->tls_fatal[0]) {
+        snprintf(m->tls_fatal, sizeof m->tls_fatal, "%s", line);
+        wake_loop(m); /* not from inside the client: wake_cb ends the mount */
+    }
+    if (strstr(line, ": connected")) m->ever_connected = true;
 }
 
 /* Forks; the parent waits for the child to mount (or fail) and exits with
@@ -1697,6 +1718,7 @@ int mount_main(int argc, char **argv) {
     co.dial_timeout_ms = cfg.dial_timeout_ms;
     co.command_timeout_ms = cfg.command_timeout_ms;
     co.log_cb = client_log_cb;
+    co.log_arg = m;
     /* HTTP/2 PINGs find a host cut off mid-stream. etcd (grpc-go) answers
      * PINGs more frequent than its --grpc-keepalive-min-time (5 s) with
      * GOAWAY too_many_pings, so stay above it. */

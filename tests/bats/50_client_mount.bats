@@ -315,3 +315,27 @@ cut_off_and_compact() { # KIND
   [ "$(cat "$(mnt 3)/s/after")" = after ]
   kill -0 "$(cat "$QFS_TMP/iw3/pid")" # the same inotifywait, alive throughout
 }
+
+@test "quorumfs mount over TLS: the right CA mounts, a wrong CA fails at once with a clear message" {
+  local dir=$QFS_TMP/n1
+  mkdir -p "$dir" "$QFS_TMP/wrong"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=quorumfs-test \
+    -addext "subjectAltName=IP:127.0.0.11" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca \
+    -addext "subjectAltName=IP:127.0.0.11" -keyout "$QFS_TMP/wrong/key.pem" \
+    -out "$QFS_TMP/wrong/cert.pem" 2>/dev/null
+  nsenter --net="/run/netns/$QFS_NS" "$QFS_BIN" --name n1 --data-dir "$dir/data" --mount '' \
+    --listen-client-urls "https://127.0.0.11:2379" --listen-peer-urls "http://127.0.0.11:2380" \
+    --cert-file "$dir/cert.pem" --key-file "$dir/key.pem" "${CLUSTER_FLAGS[@]}" >>"$dir/log" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_until 20 in_ns etcdctl --endpoints=https://127.0.0.11:2379 --cacert "$dir/cert.pem" put /app/t tls
+  mkdir -p "$QFS_TMP/c1/mnt" "$QFS_TMP/c2/mnt"
+  run in_ns timeout 20 "$QFS_BIN" mount --foreground --endpoints https://127.0.0.11:2379 \
+    --cacert "$QFS_TMP/wrong/cert.pem" --cache-dir "$QFS_TMP/c2/cache" "$QFS_TMP/c2/mnt"
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ]
+  [[ "$output" == *"TLS"* ]]
+  ! mountpoint -q "$QFS_TMP/c2/mnt"
+  client_start 1 --endpoints https://127.0.0.11:2379 --cacert "$dir/cert.pem"
+  wait_until 10 connected 1
+  [ "$(cat "$(cmnt 1)/app/t")" = tls ]
+}
