@@ -107,6 +107,8 @@ struct mount_config {
     char cache_dir[PATH_MAX];
     bool read_only, foreground, nonempty, debug;
     bool linearizable;    /* --mount-consistency=linearizable */
+    uint32_t uid, gid;    /* --mount-uid, --mount-gid: owner of keys without metadata */
+    uint32_t file_mode, dir_mode; /* --mount-file-mode, --mount-dir-mode (octal) */
     uint64_t max_request_bytes;
     const char *log_file;
     char mountpoint[PATH_MAX];
@@ -140,6 +142,12 @@ void mount_usage(FILE *out) {
         "  --foreground             stay in the foreground (default: detach once mounted)\n"
         "  --log-file FILE          log here (default: stderr; /dev/null once detached)\n"
         "  --mount-nonempty         allow mounting over a non-empty directory\n"
+        "  --mount-uid UID, --mount-gid GID\n"
+        "                           owner of files and directories without stored metadata\n"
+        "                           (keys written through the etcd API; default 0, root)\n"
+        "  --mount-file-mode MODE, --mount-dir-mode MODE\n"
+        "                           their permissions (default 0644 and 0755); other users\n"
+        "                           read (allow_other), the kernel checks the modes\n"
         "  --mount-consistency local|linearizable\n"
         "                           linearizable: open(2) first asks the cluster for its\n"
         "                           revision and waits until the copy has it (default local)\n"
@@ -198,6 +206,8 @@ static int config_parse(struct mount_config *c, int argc, char **argv, char *err
     c->dial_timeout_ms = 2000;
     c->command_timeout_ms = 5000;
     c->prefix = "/";
+    c->file_mode = 0644;
+    c->dir_mode = 0755;
     const char *endpoints = "http://127.0.0.1:2379";
     const char *cache_dir = NULL, *mountpoint = NULL;
     for (int i = 1; i < argc; i++) {
@@ -277,6 +287,22 @@ static int config_parse(struct mount_config *c, int argc, char **argv, char *err
                 snprintf(err, el, "--mount-consistency: 'local' or 'linearizable', not '%s'", val);
                 return -1;
             }
+        } else if (strcmp(name, "--mount-uid") == 0 || strcmp(name, "--mount-gid") == 0 ||
+                   strcmp(name, "--mount-file-mode") == 0 ||
+                   strcmp(name, "--mount-dir-mode") == 0) {
+            bool mode = strstr(name, "mode") != NULL;
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(val, &end, mode ? 8 : 10);
+            if (errno || *end || !*val || (mode && v > 07777) || v > UINT32_MAX - 1) {
+                snprintf(err, el, "%s: '%s' is not a%s", name, val,
+                         mode ? "n octal mode (e.g. 0644)" : " number");
+                return -1;
+            }
+            if (strcmp(name, "--mount-uid") == 0) c->uid = (uint32_t)v;
+            if (strcmp(name, "--mount-gid") == 0) c->gid = (uint32_t)v;
+            if (strcmp(name, "--mount-file-mode") == 0) c->file_mode = (uint32_t)v;
+            if (strcmp(name, "--mount-dir-mode") == 0) c->dir_mode = (uint32_t)v;
         } else if (strcmp(name, "--max-request-bytes") == 0) {
             char *end;
             errno = 0;
@@ -1061,8 +1087,9 @@ static void kv_from_pb(const Mvccpb__KeyValue *p, struct store_kv *kv) {
 }
 
 static void notify(struct mnt *m, enum fs_change_type type, const void *key, size_t kl,
-                   int64_t rev, bool created, bool local, bool more) {
+                   int64_t rev, bool created, bool local, bool more, bool meta_only) {
     struct fs_change c = {.type = type,
+                          .meta_only = meta_only,
                           .key = key,
                           .key_len = kl,
                           .revision = rev,
@@ -1092,9 +1119,22 @@ static void process_watch_response(struct mnt *m, const Etcdserverpb__WatchRespo
     }
     int64_t last = cur;
     size_t n = 0;
+    bool *meta_only = calloc(r->n_events, sizeof *meta_only);
+    if (!meta_only) {
+        free(ch);
+        logf_("out of memory applying a watch response; reloading");
+        m->need_reload = true;
+        return;
+    }
     for (size_t i = 0; i < r->n_events; i++) {
         const Mvccpb__Event *e = r->events[i];
         if (!e->kv || e->kv->mod_revision <= cur) continue; /* seen already */
+        /* A put that kept the value (chmod, touch through a mount): replayed
+         * as an attribute change, not a write. */
+        meta_only[n] = e->type != MVCCPB__EVENT__EVENT_TYPE__DELETE && e->prev_kv &&
+                       e->kv->version > 1 && e->prev_kv->value.len == e->kv->value.len &&
+                       (e->kv->value.len == 0 ||
+                        memcmp(e->prev_kv->value.data, e->kv->value.data, e->kv->value.len) == 0);
         ch[n].type = e->type == MVCCPB__EVENT__EVENT_TYPE__DELETE ? STORE_EVENT_DELETE
                                                                   : STORE_EVENT_PUT;
         kv_from_pb(e->kv, &ch[n].kv);
@@ -1105,6 +1145,7 @@ static void process_watch_response(struct mnt *m, const Etcdserverpb__WatchRespo
     if (rc) {
         logf_("cannot update the local copy: %s; reloading", store_strerror(rc));
         free(ch);
+        free(meta_only);
         m->need_reload = true;
         return;
     }
@@ -1114,9 +1155,10 @@ static void process_watch_response(struct mnt *m, const Etcdserverpb__WatchRespo
         notify(m, ch[i].type == STORE_EVENT_DELETE ? FS_CHANGE_DELETE : FS_CHANGE_PUT,
                kv->key.base, kv->key.len, kv->mod_revision,
                ch[i].type == STORE_EVENT_PUT && kv->version == 1,
-               my_revs_has(m, kv->mod_revision), more);
+               my_revs_has(m, kv->mod_revision), more, meta_only[i]);
     }
     free(ch);
+    free(meta_only);
     waiting_fire(m, false);
     my_revs_prune(m);
 }
@@ -1394,7 +1436,7 @@ static void range_cb(void *arg, const struct client_status *st, const ProtobufCM
         nx = d->next;
         notify(m, d->kind == STORE_CACHE_DELETED ? FS_CHANGE_DELETE : FS_CHANGE_PUT, d->key,
                d->kl, d->kind == STORE_CACHE_DELETED ? m->reload_rev : d->rev,
-               d->kind == STORE_CACHE_CREATED, false, false);
+               d->kind == STORE_CACHE_CREATED, false, false, false);
         changes++;
         free(d);
     }
@@ -1753,14 +1795,17 @@ int mount_main(int argc, char **argv) {
     fs_options_init(&opt);
     opt.mountpoint = cfg.mountpoint;
     opt.prefix = cfg.prefix;
-    opt.uid = 0;
-    opt.gid = 0;
     opt.allow_other = 1;
     opt.fsname = "quorumfs-client";
     opt.debug = cfg.debug;
     opt.mounted_cb = mounted_cb;
     opt.mounted_arg = m;
     opt.linearizable_open = cfg.linearizable;
+    opt.mount_nonempty = cfg.nonempty;
+    opt.uid = cfg.uid;
+    opt.gid = cfg.gid;
+    opt.file_mode = cfg.file_mode;
+    opt.dir_mode = cfg.dir_mode;
     if (cfg.max_request_bytes) opt.value_bytes_max = cfg.max_request_bytes;
     struct fs_backend be = {.data = m,
                             .get = be_get,
