@@ -281,7 +281,7 @@ round() {
       }' "$sends" "$mdir/m$i/ev"
   done >"$tmp/lat.$kind.$n"
   {
-    echo "rss_kb_one=$r1 rss_kb_mean=$((sum / n)) rss_kb_max=$mx"
+    echo "$r1 $((sum / n)) $mx"
     echo "puts=$(wc -l <"$sends")"
   } >"$tmp/res.$kind.$n"
 }
@@ -333,18 +333,18 @@ for kind in $SERVERS; do
   for n in $MOUNTS; do
     f=$tmp/lat.$kind.$n
     [ -f "$f" ] || continue
-    read -r f50 f99 fmx fcnt < <(pct "$f" 3)
+    read -r f50 f99 fmx _ < <(pct "$f" 3)
     read -r c50 c99 cmx ccnt < <(pct "$f" 4)
     read -r s50 s99 _ _ < <(slowest "$f" 4 | pct /dev/stdin 2)
     expected=$((n * $(sed -n 's/^puts=//p' "$tmp/res.$kind.$n")))
     missing=$((expected - ccnt))
     [ "$missing" = 0 ] || failed=1
-    eval "$(head -n 1 "$tmp/res.$kind.$n")"
+    read -r rss_one rss_mean rss_max <"$tmp/res.$kind.$n"
     printf "%-8s %6s | %8s %8s %9s  | %8s %8s %9s  | %10s %10s  | %7s  %5.1f MB (%.1f, %.1f)\n" \
       "$kind" "$n" "$f50" "$f99" "$fmx" "$c50" "$c99" "$cmx" "$s50" "$s99" "$missing" \
-      "$(awk -v k="$rss_kb_one" 'BEGIN { print k / 1024 }')" \
-      "$(awk -v k="$rss_kb_mean" 'BEGIN { print k / 1024 }')" \
-      "$(awk -v k="$rss_kb_max" 'BEGIN { print k / 1024 }')"
+      "$(awk -v k="$rss_one" 'BEGIN { print k / 1024 }')" \
+      "$(awk -v k="$rss_mean" 'BEGIN { print k / 1024 }')" \
+      "$(awk -v k="$rss_max" 'BEGIN { print k / 1024 }')"
   done
 done
 [ "$failed" = 0 ] || { echo; echo "events were MISSING (CLOSE_WRITE not seen within ${EVENT_DEADLINE}s of the last put)"; exit 1; }
