@@ -2,9 +2,11 @@
 # Sets up and runs every quorumfs test (Debian 12, as root):
 #   1. installs dependencies (apt-get), builds ./build with warnings as errors
 #   2. unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (./build-asan)
-#   3. the deterministic Raft simulation (10,000 seeded runs) and its negative control
-#   4. short libFuzzer runs of every decoder harness (./build-fuzz)
-#   5. end-to-end bats tests through real mounts and real clients
+#   3. the fs/, net/, server/ and client/ unit tests under ThreadSanitizer (./build-tsan;
+#      races inside third-party libraries are suppressed in scripts/tsan.supp, each with why)
+#   4. the deterministic Raft simulation (10,000 seeded runs) and its negative control
+#   5. short libFuzzer runs of every decoder harness (./build-fuzz)
+#   6. end-to-end bats tests through real mounts and real clients
 # Closes with "N passed, N failed" over every test of every stage.
 # Environment: QFS_FUZZ_SECONDS (default 20) per harness.
 set -uo pipefail
@@ -42,6 +44,28 @@ echo "== unit tests under sanitizers"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -R '^test_' --output-on-failure -j"$(nproc)" 2>&1 | tee "$log/unit.txt"
 count_ctest "$log/unit.txt"
+
+echo "== unit tests under ThreadSanitizer (fs, net, server, client)"
+tsan_start=$SECONDS
+tsan_re='^test_(fs|net|etcd|client)'
+if cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQFS_WERROR=ON -DQFS_TSAN=ON \
+     >"$log/build-tsan.txt" 2>&1; then
+  # Build only the executables of the tests this stage runs (ctest names them).
+  mapfile -t tsan_targets < <(ctest --test-dir build-tsan -N -R "$tsan_re" |
+                              sed -nE 's/^ *Test +#[0-9]+: +([A-Za-z0-9_]+)$/\1/p')
+  if [ "${#tsan_targets[@]}" -eq 0 ]; then
+    fail_stage "tsan: no test matches $tsan_re"
+  elif cmake --build build-tsan -j"$(nproc)" --target "${tsan_targets[@]}" >>"$log/build-tsan.txt" 2>&1; then
+    TSAN_OPTIONS="suppressions=$PWD/scripts/tsan.supp second_deadlock_stack=1" \
+      ctest --test-dir build-tsan -R "$tsan_re" --output-on-failure -j"$(nproc)" 2>&1 | tee "$log/tsan.txt"
+    count_ctest "$log/tsan.txt"
+  else
+    tail -50 "$log/build-tsan.txt"; fail_stage "tsan build"
+  fi
+else
+  tail -50 "$log/build-tsan.txt"; fail_stage "tsan configure"
+fi
+echo "ThreadSanitizer stage: $((SECONDS - tsan_start)) s"
 
 echo "== Raft simulation"
 ctest --test-dir build -R 'raft_sim' --output-on-failure 2>&1 | tee "$log/sim.txt"
