@@ -4,6 +4,13 @@
  * --request-timeout). With no flags at all a node is a single-member cluster
  * with its data in ./data and the key space mounted at ./mnt.
  *
+ * One table, flags[], describes every flag: its name, the field of struct
+ * server_config it sets and how, its default and its help line. The parser,
+ * the defaults and --help all read that table, so a flag is added in one
+ * place. Checks that involve more than one flag (election timeout against
+ * heartbeat, the derived advertise URLs and cluster) run after every flag is
+ * read, in server_config_parse().
+ *
  * Member ids are derived deterministically from the member's first peer URL
  * and the cluster token (FNV-1a), so every node computes the same ids from
  * the same --initial-cluster without talking to the others, and a member
@@ -12,6 +19,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,49 +28,122 @@
 
 #define QUORUMFS_VERSION "0.1.0"
 
-struct flag {
-    const char *name;
-    const char *arg; /* NULL for a boolean flag */
-    const char *help;
+/* How a flag's value is stored. */
+enum flag_kind {
+    FLAG_STRING,   /* copied into a char array of struct server_config */
+    FLAG_UNSIGNED, /* a decimal number in [min, max] into an unsigned field */
+    FLAG_U64,      /* a decimal number in [min, max] into a uint64_t field */
+    FLAG_CHOICE,   /* a bool field: false for choices[0], true for choices[1] */
+    FLAG_CLUSTER,  /* --initial-cluster: kept aside, parsed once every flag is read */
+    FLAG_HELP,     /* prints the usage; server_config_parse() returns 1 */
+    FLAG_VERSION,  /* prints the version; server_config_parse() returns 1 */
 };
 
-static const struct flag flags[] = {
-    {"name", "NAME", "human-readable name of this member (default \"default\")"},
-    {"data-dir", "DIR", "path to the data directory (default \"./data\")"},
-    {"listen-client-urls", "URLS", "URLs to listen on for client traffic: etcd v3 gRPC, and HTTP/1.1 for the JSON gateway, /health, /version, /metrics (default http://127.0.0.1:2379)"},
-    {"listen-metrics-urls", "URLS", "more URLs serving only /metrics and /health over HTTP/1.1 (default none)"},
-    {"advertise-client-urls", "URLS", "client URLs to advertise to the rest of the cluster (default: the listen URLs)"},
-    {"listen-peer-urls", "URLS", "URLs to listen on for peer traffic (default http://127.0.0.1:2380)"},
-    {"initial-advertise-peer-urls", "URLS", "this member's peer URLs to advertise (default: the listen peer URLs)"},
-    {"initial-cluster", "NAME=URL,...", "initial cluster configuration for bootstrapping (default NAME=ADVERTISE-PEER-URL)"},
-    {"initial-cluster-state", "new|existing", "initial cluster state (default new)"},
-    {"initial-cluster-token", "TOKEN", "initial cluster token, to tell clusters apart (default \"quorumfs-cluster\")"},
-    {"heartbeat-interval", "MS", "time of a heartbeat interval in milliseconds (default 100)"},
-    {"election-timeout", "MS", "time of an election timeout in milliseconds (default 1000)"},
-    {"snapshot-count", "N", "number of applied entries that trigger a snapshot and log compaction (default 100000)"},
-    {"max-request-bytes", "BYTES", "maximum client request size in bytes (default 1572864)"},
-    {"quota-backend-bytes", "BYTES", "raise an alarm and refuse writes when the backend exceeds this size (default 0 = 2 GiB)"},
-    {"request-timeout", "MS", "how long a write waits for the cluster before failing (default 5000)"},
-    {"mount", "DIR", "mount the key space at DIR (default \"./mnt\"; \"\" to not mount)"},
-    {"mount-prefix", "KEYPREFIX", "key prefix shown as the mount's root (default \"/\")"},
-    {"mount-consistency", "local|linearizable", "open(2) reads local applied state (default) or is a linearizable read point"},
-    {"cert-file", "FILE", "TLS certificate for client connections"},
-    {"key-file", "FILE", "TLS key for client connections"},
-    {"help", NULL, "print this help and exit (also -h)"},
-    {"version", NULL, "print the version and exit"},
+struct flag {
+    const char *name; /* without the leading "--" */
+    const char *arg;  /* the value's placeholder in --help; NULL: the flag takes no value */
+    enum flag_kind kind;
+    size_t offset;          /* of the field in struct server_config (string, numbers, choice) */
+    size_t size;            /* of that field in bytes; a string's capacity with its NUL */
+    uint64_t min, max;      /* FLAG_UNSIGNED, FLAG_U64: accepted range, inclusive */
+    const char *choices[2]; /* FLAG_CHOICE: the values meaning false and true */
+    const char *def;        /* the default, as typed on the command line; NULL: none */
+    const char *help;       /* one line; the default is appended to it */
 };
+
+/* Field descriptors. _Generic refuses to compile a flag whose field has the
+ * wrong type for its kind. */
+#define CFG_FIELD(f) ((struct server_config *)0)->f
+#define STRING(f)                                                                 \
+    .kind = FLAG_STRING, .offset = offsetof(struct server_config, f),            \
+    .size = _Generic(CFG_FIELD(f), char *: sizeof CFG_FIELD(f))
+#define UNSIGNED(f, lo, hi)                                                       \
+    .kind = FLAG_UNSIGNED, .offset = offsetof(struct server_config, f),          \
+    .size = _Generic(CFG_FIELD(f), unsigned: sizeof(unsigned)), .min = (lo), .max = (hi)
+#define U64(f, lo, hi)                                                            \
+    .kind = FLAG_U64, .offset = offsetof(struct server_config, f),               \
+    .size = _Generic(CFG_FIELD(f), uint64_t: sizeof(uint64_t)), .min = (lo), .max = (hi)
+#define CHOICE(f, off, on)                                                        \
+    .kind = FLAG_CHOICE, .offset = offsetof(struct server_config, f),            \
+    .size = _Generic(CFG_FIELD(f), bool: sizeof(bool)), .choices = {(off), (on)}
+
+/* Durations in milliseconds: at least 1 ms, at most an hour. */
+#define MS_MAX 3600000u
+_Static_assert(MS_MAX <= UINT_MAX, "FLAG_UNSIGNED ranges fit an unsigned");
+/* Largest --max-request-bytes: the API's frame and message limits assume it. */
+#define REQUEST_BYTES_MAX (64u * 1024 * 1024)
+
+static const struct flag flags[] = {
+    {.name = "name", .arg = "NAME", STRING(name), .def = "default",
+     .help = "human-readable name of this member"},
+    {.name = "data-dir", .arg = "DIR", STRING(data_dir), .def = "./data",
+     .help = "path to the data directory"},
+    {.name = "listen-client-urls", .arg = "URLS", STRING(listen_client_urls),
+     .def = "http://127.0.0.1:2379",
+     .help = "URLs to listen on for client traffic: etcd v3 gRPC, and HTTP/1.1 for the JSON "
+             "gateway, /health, /version, /metrics"},
+    {.name = "listen-metrics-urls", .arg = "URLS", STRING(listen_metrics_urls),
+     .help = "more URLs serving only /metrics and /health over HTTP/1.1 (default none)"},
+    {.name = "advertise-client-urls", .arg = "URLS", STRING(advertise_client_urls),
+     .help = "client URLs to advertise to the rest of the cluster (default: the listen URLs)"},
+    {.name = "listen-peer-urls", .arg = "URLS", STRING(listen_peer_urls),
+     .def = "http://127.0.0.1:2380", .help = "URLs to listen on for peer traffic"},
+    {.name = "initial-advertise-peer-urls", .arg = "URLS", STRING(initial_advertise_peer_urls),
+     .help = "this member's peer URLs to advertise (default: the listen peer URLs)"},
+    {.name = "initial-cluster", .arg = "NAME=URL,...", .kind = FLAG_CLUSTER,
+     .help = "initial cluster configuration for bootstrapping (default NAME=ADVERTISE-PEER-URL)"},
+    {.name = "initial-cluster-state", .arg = "new|existing",
+     CHOICE(initial_cluster_existing, "new", "existing"), .def = "new",
+     .help = "initial cluster state"},
+    {.name = "initial-cluster-token", .arg = "TOKEN", STRING(initial_cluster_token),
+     .def = "quorumfs-cluster", .help = "initial cluster token, to tell clusters apart"},
+    {.name = "heartbeat-interval", .arg = "MS", UNSIGNED(heartbeat_interval_ms, 1, MS_MAX),
+     .def = "100", .help = "time of a heartbeat interval in milliseconds"},
+    {.name = "election-timeout", .arg = "MS", UNSIGNED(election_timeout_ms, 1, MS_MAX),
+     .def = "1000", .help = "time of an election timeout in milliseconds"},
+    {.name = "snapshot-count", .arg = "N", U64(snapshot_count, 0, UINT64_MAX), .def = "100000",
+     .help = "number of applied entries that trigger a snapshot and log compaction"},
+    {.name = "max-request-bytes", .arg = "BYTES", U64(max_request_bytes, 1, REQUEST_BYTES_MAX),
+     .def = "1572864", .help = "maximum client request size in bytes"},
+    {.name = "quota-backend-bytes", .arg = "BYTES", U64(quota_backend_bytes, 0, UINT64_MAX),
+     .def = "0",
+     .help = "raise an alarm and refuse writes when the backend exceeds this size; 0 means 2 GiB"},
+    {.name = "request-timeout", .arg = "MS", UNSIGNED(request_timeout_ms, 1, MS_MAX),
+     .def = "5000", .help = "how long a write waits for the cluster before failing"},
+    {.name = "mount", .arg = "DIR", STRING(mount), .def = "./mnt",
+     .help = "mount the key space at DIR; \"\" does not mount"},
+    {.name = "mount-prefix", .arg = "KEYPREFIX", STRING(mount_prefix), .def = "/",
+     .help = "key prefix shown as the mount's root"},
+    {.name = "mount-consistency", .arg = "local|linearizable",
+     CHOICE(mount_linearizable, "local", "linearizable"), .def = "local",
+     .help = "open(2) reads local applied state, or is a linearizable read point"},
+    {.name = "cert-file", .arg = "FILE", STRING(cert_file),
+     .help = "TLS certificate for client connections"},
+    {.name = "key-file", .arg = "FILE", STRING(key_file), .help = "TLS key for client connections"},
+    {.name = "help", .kind = FLAG_HELP, .help = "print this help and exit (also -h)"},
+    {.name = "version", .kind = FLAG_VERSION, .help = "print the version and exit"},
+};
+
+#define FLAGS_COUNT (sizeof flags / sizeof flags[0])
 
 void server_config_usage(FILE *out) {
     fprintf(out,
             "usage: quorumfs [flags]\n"
-            "       quorumfs snapshot restore FILE --data-dir DIR\n\n"
+            "       quorumfs snapshot restore FILE --data-dir DIR\n"
+            "       quorumfs mount [flags] MOUNTPOINT (see quorumfs mount --help)\n\n"
             "A replicated, strongly consistent key-value store (etcd's data model and v3 API)\n"
-            "whose key space is mounted as a filesystem.\n\nflags:\n");
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+            "whose key space is mounted as a filesystem.\n\nflags (--flag VALUE or --flag=VALUE):\n");
+    for (size_t i = 0; i < FLAGS_COUNT; i++) {
+        const struct flag *f = &flags[i];
         char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", flags[i].name, flags[i].arg ? " " : "",
-                 flags[i].arg ? flags[i].arg : "");
-        fprintf(out, "  %-36s %s\n", left, flags[i].help);
+        snprintf(left, sizeof left, "--%s%s%s", f->name, f->arg ? " " : "",
+                 f->arg ? f->arg : "");
+        fprintf(out, "  %-38s %s", left, f->help);
+        if (f->def && f->kind == FLAG_STRING)
+            fprintf(out, " (default \"%s\")", f->def);
+        else if (f->def)
+            fprintf(out, " (default %s)", f->def);
+        fputc('\n', out);
     }
 }
 
@@ -97,15 +178,54 @@ static int parse_u64(const char *s, uint64_t *out, const char *flag, char *err, 
     return 0;
 }
 
-static int parse_ms(const char *s, unsigned *out, const char *flag, char *err, size_t errlen) {
+/* Stores val into the field of cfg that f describes. FLAG_CLUSTER, FLAG_HELP
+ * and FLAG_VERSION are the caller's. Returns 0, or -1 with a message in err. */
+static int flag_set(struct server_config *cfg, const struct flag *f, const char *val, char *err,
+                    size_t errlen) {
+    char *field = (char *)cfg + f->offset;
     uint64_t v;
-    if (parse_u64(s, &v, flag, err, errlen)) return -1;
-    if (v == 0 || v > 3600000) {
-        snprintf(err, errlen, "--%s: %s ms is out of range (1..3600000)", flag, s);
+    switch (f->kind) {
+    case FLAG_STRING:
+        return copy_str(field, f->size, val, f->name, err, errlen);
+    case FLAG_UNSIGNED:
+    case FLAG_U64:
+        if (parse_u64(val, &v, f->name, err, errlen)) return -1;
+        if (v < f->min || v > f->max) {
+            snprintf(err, errlen, "--%s: %s is out of range (%llu..%llu)", f->name, val,
+                     (unsigned long long)f->min, (unsigned long long)f->max);
+            return -1;
+        }
+        if (f->kind == FLAG_UNSIGNED) {
+            unsigned u = (unsigned)v;
+            memcpy(field, &u, sizeof u);
+        } else {
+            memcpy(field, &v, sizeof v);
+        }
+        return 0;
+    case FLAG_CHOICE:
+        for (int i = 0; i < 2; i++) {
+            if (strcmp(val, f->choices[i]) == 0) {
+                bool b = i == 1;
+                memcpy(field, &b, sizeof b);
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "--%s: \"%s\" is not %s or %s", f->name, val, f->choices[0],
+                 f->choices[1]);
         return -1;
+    case FLAG_CLUSTER:
+    case FLAG_HELP:
+    case FLAG_VERSION:
+        break;
     }
-    *out = (unsigned)v;
-    return 0;
+    snprintf(err, errlen, "--%s: not a stored flag", f->name);
+    return -1;
+}
+
+static const struct flag *flag_find(const char *name) {
+    for (size_t k = 0; k < FLAGS_COUNT; k++)
+        if (strcmp(flags[k].name, name) == 0) return &flags[k];
+    return NULL;
 }
 
 /* Parses "n1=http://a:2380,n2=http://b:2380" into cfg->members. */
@@ -160,18 +280,9 @@ static void assign_ids(struct server_config *cfg) {
 int server_config_parse(struct server_config *cfg, int argc, char **argv, char *err,
                         size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
-    strcpy(cfg->name, "default");
-    strcpy(cfg->data_dir, "./data");
-    strcpy(cfg->listen_client_urls, "http://127.0.0.1:2379");
-    strcpy(cfg->listen_peer_urls, "http://127.0.0.1:2380");
-    strcpy(cfg->initial_cluster_token, "quorumfs-cluster");
-    strcpy(cfg->mount, "./mnt");
-    strcpy(cfg->mount_prefix, "/");
-    cfg->heartbeat_interval_ms = 100;
-    cfg->election_timeout_ms = 1000;
-    cfg->snapshot_count = 100000;
-    cfg->max_request_bytes = 1572864;
-    cfg->request_timeout_ms = 5000;
+    for (size_t k = 0; k < FLAGS_COUNT; k++) {
+        if (flags[k].def && flag_set(cfg, &flags[k], flags[k].def, err, errlen)) return -1;
+    }
     const char *cluster = NULL;
 
     for (int i = 1; i < argc; i++) {
@@ -182,7 +293,6 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
             return -1;
         }
         a += 2;
-        const char *val = NULL;
         char name[64];
         const char *eq = strchr(a, '=');
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
@@ -192,13 +302,12 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
         }
         memcpy(name, a, nlen);
         name[nlen] = '\0';
-        const struct flag *f = NULL;
-        for (size_t k = 0; k < sizeof flags / sizeof flags[0]; k++)
-            if (strcmp(flags[k].name, name) == 0) f = &flags[k];
+        const struct flag *f = flag_find(name);
         if (!f) {
             snprintf(err, errlen, "unknown flag \"--%s\" (see --help)", name);
             return -1;
         }
+        const char *val = NULL;
         if (f->arg) {
             if (eq) {
                 val = eq + 1;
@@ -209,81 +318,26 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
                 return -1;
             }
         }
-        int rc = 0;
-        if (!strcmp(name, "help")) {
+        switch (f->kind) {
+        case FLAG_HELP:
             server_config_usage(stdout);
             return 1;
-        } else if (!strcmp(name, "version")) {
+        case FLAG_VERSION:
             printf("quorumfs version %s\n", QUORUMFS_VERSION);
             return 1;
-        } else if (!strcmp(name, "name")) {
-            rc = copy_str(cfg->name, sizeof cfg->name, val, name, err, errlen);
-        } else if (!strcmp(name, "data-dir")) {
-            rc = copy_str(cfg->data_dir, sizeof cfg->data_dir, val, name, err, errlen);
-        } else if (!strcmp(name, "listen-client-urls")) {
-            rc = copy_str(cfg->listen_client_urls, sizeof cfg->listen_client_urls, val, name, err, errlen);
-        } else if (!strcmp(name, "listen-metrics-urls")) {
-            rc = copy_str(cfg->listen_metrics_urls, sizeof cfg->listen_metrics_urls, val, name, err, errlen);
-        } else if (!strcmp(name, "advertise-client-urls")) {
-            rc = copy_str(cfg->advertise_client_urls, sizeof cfg->advertise_client_urls, val, name, err, errlen);
-        } else if (!strcmp(name, "listen-peer-urls")) {
-            rc = copy_str(cfg->listen_peer_urls, sizeof cfg->listen_peer_urls, val, name, err, errlen);
-        } else if (!strcmp(name, "initial-advertise-peer-urls")) {
-            rc = copy_str(cfg->initial_advertise_peer_urls, sizeof cfg->initial_advertise_peer_urls, val, name, err, errlen);
-        } else if (!strcmp(name, "initial-cluster")) {
+        case FLAG_CLUSTER:
             cluster = val;
-        } else if (!strcmp(name, "initial-cluster-state")) {
-            if (!strcmp(val, "new")) {
-                cfg->initial_cluster_existing = false;
-            } else if (!strcmp(val, "existing")) {
-                cfg->initial_cluster_existing = true;
-            } else {
-                snprintf(err, errlen, "--initial-cluster-state: \"%s\" is not new or existing", val);
-                rc = -1;
-            }
-        } else if (!strcmp(name, "initial-cluster-token")) {
-            rc = copy_str(cfg->initial_cluster_token, sizeof cfg->initial_cluster_token, val, name, err, errlen);
-        } else if (!strcmp(name, "heartbeat-interval")) {
-            rc = parse_ms(val, &cfg->heartbeat_interval_ms, name, err, errlen);
-        } else if (!strcmp(name, "election-timeout")) {
-            rc = parse_ms(val, &cfg->election_timeout_ms, name, err, errlen);
-        } else if (!strcmp(name, "request-timeout")) {
-            rc = parse_ms(val, &cfg->request_timeout_ms, name, err, errlen);
-        } else if (!strcmp(name, "snapshot-count")) {
-            rc = parse_u64(val, &cfg->snapshot_count, name, err, errlen);
-        } else if (!strcmp(name, "max-request-bytes")) {
-            rc = parse_u64(val, &cfg->max_request_bytes, name, err, errlen);
-        } else if (!strcmp(name, "quota-backend-bytes")) {
-            rc = parse_u64(val, &cfg->quota_backend_bytes, name, err, errlen);
-        } else if (!strcmp(name, "mount")) {
-            rc = copy_str(cfg->mount, sizeof cfg->mount, val, name, err, errlen);
-        } else if (!strcmp(name, "mount-prefix")) {
-            rc = copy_str(cfg->mount_prefix, sizeof cfg->mount_prefix, val, name, err, errlen);
-        } else if (!strcmp(name, "mount-consistency")) {
-            if (!strcmp(val, "local")) {
-                cfg->mount_linearizable = false;
-            } else if (!strcmp(val, "linearizable")) {
-                cfg->mount_linearizable = true;
-            } else {
-                snprintf(err, errlen, "--mount-consistency: \"%s\" is not local or linearizable", val);
-                rc = -1;
-            }
-        } else if (!strcmp(name, "cert-file")) {
-            rc = copy_str(cfg->cert_file, sizeof cfg->cert_file, val, name, err, errlen);
-        } else if (!strcmp(name, "key-file")) {
-            rc = copy_str(cfg->key_file, sizeof cfg->key_file, val, name, err, errlen);
+            break;
+        default:
+            if (flag_set(cfg, f, val, err, errlen)) return -1;
+            break;
         }
-        if (rc) return -1;
     }
 
     if (cfg->heartbeat_interval_ms * 2 > cfg->election_timeout_ms) {
         snprintf(err, errlen,
                  "--election-timeout (%u ms) must be at least twice --heartbeat-interval (%u ms)",
                  cfg->election_timeout_ms, cfg->heartbeat_interval_ms);
-        return -1;
-    }
-    if (cfg->max_request_bytes == 0 || cfg->max_request_bytes > 64u * 1024 * 1024) {
-        snprintf(err, errlen, "--max-request-bytes: must be 1..67108864");
         return -1;
     }
     if (cfg->mount_prefix[0] != '/') {

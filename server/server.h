@@ -1,11 +1,12 @@
 /*
- * server.h - the quorumfs node: configuration (etcd-style flags), the node
- * loop that drives Raft, persists to the store and applies entries, and the
- * entry point used by main().
+ * server.h - the quorumfs node as main() sees it: its configuration
+ * (etcd-style flags, parsed from one table in config.c), member ids, and
+ * server_run(), which runs a node until it is told to stop.
  *
- * Threads: everything in struct server_node runs on one libuv loop thread
- * except server_submit(), which any thread may call (FUSE workers): it
- * queues the request and wakes the loop.
+ * The node itself - the loop that drives Raft, persists to the store and
+ * applies entries, its threads and the struct node they share - is private to
+ * server/ (server/node.h). The functions here keep no state: any thread may
+ * call them, and server_run() blocks its caller for the node's whole life.
  */
 #ifndef QUORUMFS_SERVER_H
 #define QUORUMFS_SERVER_H
@@ -22,7 +23,7 @@
 struct server_member {
     char name[SERVER_NAME_MAX];
     char peer_url[SERVER_URL_MAX];
-    uint64_t id; /* derived from name, URL and cluster token */
+    uint64_t id; /* server_member_id(peer_url, cluster token); not from the name */
 };
 
 struct server_config {
@@ -51,18 +52,23 @@ struct server_config {
 };
 
 /*
- * Fills cfg from argv (etcd flag names, "--flag value" or "--flag=value").
- * Returns 0, 1 if --help/--version was printed (exit 0), or -1 with a message
- * in err.
+ * Fills cfg from argv (etcd flag names, "--flag value" or "--flag=value"; -h
+ * is --help); argv[0] is skipped. Flags not given take their defaults, and
+ * n_members/members come from --initial-cluster or, without it, from this
+ * member alone. Returns 0, 1 if --help/--version was printed to stdout (exit
+ * 0), or -1 with a message in err (at most errlen bytes, NUL-terminated).
+ * cfg keeps no pointer into argv.
  */
 int server_config_parse(struct server_config *cfg, int argc, char **argv, char *err,
                         size_t errlen);
 void server_config_usage(FILE *out);
 
-/* The member id of the member whose first peer URL is peer_url. */
+/* The member id of the member whose first peer URL is peer_url in the cluster
+ * named token (--initial-cluster-token): FNV-1a of both, never 0. Every node
+ * computes the same ids without talking to the others. */
 uint64_t server_member_id(const char *peer_url, const char *token);
 
-/* Runs a node until SIGINT/SIGTERM; returns the process exit code. */
+/* Runs a node until SIGINT, SIGTERM or SIGHUP; returns the process exit code. */
 int server_run(const struct server_config *cfg);
 
 #endif /* QUORUMFS_SERVER_H */
