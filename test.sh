@@ -8,7 +8,8 @@
 #   5. short libFuzzer runs of every decoder harness (./build-fuzz)
 #   6. end-to-end bats tests through real mounts and real clients
 # Closes with "N passed, N failed" over every test of every stage.
-# Environment: QFS_FUZZ_SECONDS (default 20) per harness.
+# Environment: QFS_FUZZ_SECONDS (default 20) per fuzz harness; README.md (Tests) lists
+# every variable the tests read.
 set -uo pipefail
 cd "$(dirname "$0")"
 log=$(mktemp -d /tmp/qfs-test.XXXXXX)
