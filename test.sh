@@ -68,8 +68,8 @@ else
 fi
 echo "ThreadSanitizer stage: $((SECONDS - tsan_start)) s"
 
-echo "== Raft simulation"
-ctest --test-dir build -R 'raft_sim' --output-on-failure 2>&1 | tee "$log/sim.txt"
+echo "== Raft simulation (raft/ alone, and the node driver over the in-memory store)"
+ctest --test-dir build -R 'raft_sim|node_sim' --output-on-failure -j"$(nproc)" 2>&1 | tee "$log/sim.txt"
 count_ctest "$log/sim.txt"
 
 echo "== fuzzing (${QFS_FUZZ_SECONDS:-20}s per harness)"

@@ -120,6 +120,7 @@ struct sim_msg {
     uint32_t from_inc;     /* sender's incarnation (for snapshot reports) */
     uint8_t type;          /* enum raft_msg_type, for tracing and reports */
     size_t len;            /* bytes in buf */
+    void *snap;            /* node_sim: the snapshot a SNAP stream carries */
     unsigned char *buf;    /* raft_encode()d message, owned */
 };
 
