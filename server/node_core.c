@@ -180,6 +180,8 @@ bool node__is_learner(struct node *n) { return atomic_load(&n->learner); }
 /* Keeps n->learner in step with Raft's configuration: called once Raft
  * exists and after every update (conf changes apply, snapshots restore). */
 static void role_refresh(struct node *n) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(n->raft != NULL);
     struct raft_status rs;
     raft_status(n->raft, &rs);
     bool learner = false;
@@ -190,6 +192,8 @@ static void role_refresh(struct node *n) {
 
 int node__submit(struct node *n, struct store_request *req, enum node_origin origin,
                  node_done_cb cb, void *arg) {
+    NODE_ASSERT(req != NULL);
+    NODE_ASSERT(cb != NULL);
     /* A learner only replicates: it proposes nothing (etcd refuses client
      * writes on a learner), and the mount is read-only there. */
     if (node__is_learner(n)) return -EROFS;
@@ -500,6 +504,9 @@ static void waiter_finish(struct waiter **wp, int err) {
  * after it) to the member table and stores both in one batch. */
 static int members_apply_conf(struct node *n, uint64_t index, const struct raft_conf_change *cc,
                               int crc, const struct raft_conf_state *cs) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(n->n_members <= SERVER_MEMBERS_MAX);
+    NODE_ASSERT(cs != NULL);
     struct node_member old[SERVER_MEMBERS_MAX];
     size_t n_old = n->n_members;
     memcpy(old, n->members, n_old * sizeof *old);
@@ -539,6 +546,8 @@ static int members_apply_conf(struct node *n, uint64_t index, const struct raft_
 /* Applies member-update entry e (MEMBER_UPDATE_ENTRY) and stores the table
  * in the same batch. */
 static int members_apply_update(struct node *n, const struct raft_entry *e) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(e->data.len > 0);
     const unsigned char *d = e->data.base;
     struct node_member m;
     struct node_member *cur = NULL;
@@ -591,6 +600,7 @@ static int propose_member_update(struct node *n, const struct node_member *m) {
 
 /* etcd members publish their client URLs once they serve: so do we. */
 static void maybe_publish(struct node *n) {
+    NODE_ASSERT_LOOP(n);
     if (n->published || n->leader == RAFT_NONE) return;
     uint64_t now = now_ms(n);
     if (now < n->publish_retry_ms) return;
@@ -620,12 +630,14 @@ void node__set_restore_hook(struct node *n, node_restore_hook restore, void *ctx
 }
 
 void node__set_hooks(struct node *n, node_apply_hook apply, node_leader_hook leader, void *ctx) {
+    NODE_ASSERT_LOOP(n);
     n->apply_hook = apply;
     n->leader_hook = leader;
     n->hook_ctx = ctx;
 }
 
 void node__status(struct node *n, struct node_status *st) {
+    NODE_ASSERT_LOOP(n);
     struct raft_status rs;
     raft_status(n->raft, &rs);
     memset(st, 0, sizeof *st);
@@ -647,6 +659,9 @@ void node__status(struct node *n, struct node_status *st) {
 
 int node__member_change(struct node *n, int type, struct node_member *m, node_barrier_cb cb,
                         void *arg) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(m != NULL);
+    NODE_ASSERT(cb != NULL);
     if (n->conf_waiter) return -EBUSY;
     struct node_member *cur = m->id ? member_find(n, m->id) : NULL;
     if (type == RAFT_CC_REMOVE || type == NODE_MEMBER_UPDATE) {
@@ -715,6 +730,8 @@ int node__member_change(struct node *n, int type, struct node_member *m, node_ba
 }
 
 int node__transfer_leader(struct node *n, uint64_t to, node_barrier_cb cb, void *arg) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(cb != NULL);
     if (!member_find(n, to)) return -ENOENT;
     if (n->move_waiter) return -EBUSY;
     if (n->leader != n->id) return -EPERM;
@@ -745,9 +762,12 @@ static void barrier_ask(struct node *n, struct barrier *b) {
 }
 
 int node__read_barrier(struct node *n, node_barrier_cb cb, void *arg) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(cb != NULL);
     struct barrier *b = calloc(1, sizeof *b);
     if (!b) return -ENOMEM;
     b->id = ++n->next_barrier;
+    NODE_ASSERT(b->id != 0);
     b->deadline_ms = now_ms(n) + n->cfg->request_timeout_ms;
     b->cb = cb;
     b->arg = arg;
@@ -773,6 +793,8 @@ static void barriers_read_states(struct node *n, const struct raft_update *u) {
 /* Answers barriers whose index is applied; with now != 0, also times out
  * and retries the rest. */
 static void barriers_sweep(struct node *n, uint64_t now, int cancel_err) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(cancel_err <= 0);
     uint64_t applied = store_applied_index(n->store);
     struct barrier **pp = &n->barriers;
     while (*pp) {
@@ -796,6 +818,8 @@ static void barriers_sweep(struct node *n, uint64_t now, int cancel_err) {
 }
 
 static void waiters_sweep(struct node *n, uint64_t now, int cancel_err) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(cancel_err <= 0);
     if (n->move_waiter) {
         if (cancel_err)
             waiter_finish(&n->move_waiter, cancel_err);
@@ -815,6 +839,8 @@ static void waiters_sweep(struct node *n, uint64_t now, int cancel_err) {
 /* ------------------------------------------------------------ raft driver */
 
 static void try_propose(struct node *n, struct proposal *p) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(p->data != NULL);
     if (p->proposed) return;
     int rc = raft_propose(n->raft, p->data, p->len);
     if (rc == 0) {
@@ -867,6 +893,7 @@ int node__apply_entry(struct node *n, const struct raft_entry *e) {
 }
 
 static void maybe_compact(struct node *n) {
+    NODE_ASSERT_LOOP(n);
     uint64_t applied = store_applied_index(n->store);
     uint64_t every = n->cfg->snapshot_count ? n->cfg->snapshot_count : 1;
     if (applied < n->last_compact_index + every) return;
@@ -944,6 +971,8 @@ void node__snapshot_received(struct node *n, uint64_t from_id, const struct raft
 
 /* Raft accepted a snapshot: swap the received checkpoint in as the store. */
 static int install_snapshot(struct node *n, const struct raft_update *u) {
+    NODE_ASSERT_LOOP(n);
+    NODE_ASSERT(u->has_snapshot);
     const struct raft_snapshot_meta *meta = &u->snapshot.meta;
     if (!n->snap_pending || n->pending_snap_index != meta->index) {
         logf_("Raft installs a snapshot at %" PRIu64 " that was not received", meta->index);
@@ -979,6 +1008,10 @@ static int install_snapshot(struct node *n, const struct raft_update *u) {
 }
 
 static int persist(struct node *n, const struct raft_update *u) {
+    NODE_ASSERT_LOOP(n);
+    /* Entries of one update are consecutive (store_raft_save's contract). */
+    for (size_t i = 1; i < u->n_entries; i++)
+        NODE_ASSERT(u->entries[i].index == u->entries[i - 1].index + 1);
     if (u->has_snapshot && install_snapshot(n, u)) return -1;
     if (u->has_hard_state || u->n_entries) {
         int rc = store_raft_save(n->store, u->has_hard_state ? &u->hard_state : NULL, u->entries,
