@@ -281,7 +281,10 @@ static int io_install_snapshot(void *ctx, struct store **s) {
     snprintf(db, sizeof db, "%s/db", cfg->data_dir);
     snprintf(old, sizeof old, "%s/db.old", cfg->data_dir);
     int rc = -1;
-    if (!u->pending_snap_dir) return -1;
+    if (!u->pending_snap_dir) {
+        logf_("the received snapshot is gone");
+        return -1;
+    }
     rm_tree(old);
     store_close(*s);
     *s = NULL;

@@ -141,6 +141,8 @@ struct ns_stats {
     uint64_t steps, msgs, dropped, crashes, faults_armed, fatal_stops, restarts;
     uint64_t puts, puts_acked, reads, reads_served, snaps_sent, snaps_installed;
     uint64_t conf_proposed, conf_applied, removed, transfers, partitions, applied;
+    /* Where the failed writes struck (from the core's log lines). */
+    uint64_t died_persist, died_apply, died_install, died_other;
 };
 
 struct ns_world {
@@ -324,6 +326,16 @@ static void io_wake(void *ctx) { ((struct ns_node *)ctx)->woken = true; }
 static void io_stop(void *ctx) { ((struct ns_node *)ctx)->stop_req = true; }
 static void io_log(void *ctx, const char *line) {
     struct ns_node *nd = ctx;
+    if (strstr(line, "injected fault")) {
+        if (strstr(line, "persisting the Raft log"))
+            nd->w->st.died_persist++;
+        else if (strstr(line, "applying entry"))
+            nd->w->st.died_apply++;
+        else if (strstr(line, "snapshot"))
+            nd->w->st.died_install++;
+        else
+            nd->w->st.died_other++;
+    }
     NTRACE(nd->w, "n%d: %s", nd->idx + 1, line);
 }
 
@@ -427,8 +439,13 @@ static struct store_memdb *checkpoint(struct ns_world *w, struct ns_node *donor,
         ok = rs->snapshot(rs->data, &snap) == 0;
     }
     if (ok) {
-        struct raft_hard_state hs = {snap.meta.term, 0, snap.meta.index};
-        ok = store_raft_save(t->store, &hs, NULL, 0, true) == 0; /* all durable */
+        /* A RocksDB checkpoint carries the donor's hard state (its log ends
+         * at the applied index here, so the commit index does too). */
+        struct raft_hard_state hs;
+        struct raft_conf_state cs;
+        ok = drs->initial_state(drs->data, &hs, &cs) == 0;
+        if (hs.commit > snap.meta.index) hs.commit = snap.meta.index;
+        if (ok) ok = store_raft_save(t->store, &hs, NULL, 0, true) == 0; /* all durable */
     }
     if (ok) {
         uint32_t h1 = 0, h2 = 0;
@@ -924,6 +941,11 @@ static void deliver_snap(struct ns_world *w, struct sim_msg *m) {
     }
     store_memdb_free(to->pending_snap);
     to->pending_snap = m->snap;
+    /* The disk fails while the snapshot is installed (its first write). */
+    if (!w->healing && sim_rng_ppm(&w->rng, 100000)) {
+        store_memdb_fail_write(m->snap, 1);
+        w->st.faults_armed++;
+    }
     m->snap = NULL;
     node__snapshot_received(to->core, m->from, &rm);
     raft_msg_release(&rm);
@@ -1320,6 +1342,10 @@ int main(int argc, char **argv) {
            ", members removed %" PRIu64 "), transfers %" PRIu64 "\n",
            tot.applied, tot.puts, tot.puts_acked, tot.reads, tot.reads_served, tot.snaps_sent,
            tot.snaps_installed, tot.conf_proposed, tot.conf_applied, tot.removed, tot.transfers);
+    printf("  failed writes struck: persisting entries/hard state %" PRIu64 ", applying %" PRIu64
+           ", installing a snapshot %" PRIu64 ", elsewhere (member table, compaction, start) %"
+           PRIu64 "\n",
+           tot.died_persist, tot.died_apply, tot.died_install, tot.died_other);
     if (failed) {
         printf("  failures:");
         for (int k = 1; k < NS_FAIL_KINDS_; k++)
