@@ -23,6 +23,7 @@
 #include <openssl/ssl.h>
 
 #include "api/api.h"
+#include "raft/alloc.h"
 
 #define API__ASSERT(cond)                                                              \
     do {                                                                               \

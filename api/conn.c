@@ -202,7 +202,7 @@ static int out_append_detached(struct api__conn *c, const uint8_t *p, size_t n) 
     if (c->det_len + n > c->det_cap) {
         size_t cap = c->det_cap ? c->det_cap : 4096;
         while (cap < c->det_len + n) cap *= 2;
-        uint8_t *q = realloc(c->det_out, cap);
+        uint8_t *q = qfs_realloc(c->det_out, cap);
         if (q == NULL) return API_ENOMEM;
         c->det_out = q;
         c->det_cap = cap;
@@ -217,7 +217,7 @@ static int out_append(struct api__conn *c, const uint8_t *p, size_t n) {
     if (c->detached) return out_append_detached(c, p, n);
     while (n > 0) {
         if (c->out == NULL) {
-            c->out = malloc(sizeof(*c->out));
+            c->out = qfs_malloc(sizeof(*c->out));
             if (c->out == NULL) return API_ENOMEM;
             c->out->len = 0;
         }
@@ -432,7 +432,7 @@ static void call_finish(struct api_call *call, int code, const char *message) {
     if (message != NULL && message[0] != '\0') {
         char enc[API__GRPC_MESSAGE_ENCODED_MAX];
         size_t n = api__grpc_percent_encode(message, strlen(message), enc);
-        call->message = malloc(n + 1);
+        call->message = qfs_malloc(n + 1);
         /* Without memory the status still goes out, without its text. */
         if (call->message != NULL) memcpy(call->message, enc, n + 1);
     }
@@ -713,7 +713,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     if (c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    struct api_stream *st = calloc(1, sizeof(*st));
+    struct api_stream *st = qfs_calloc(1, sizeof(*st));
     if (st == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     struct api_call *call = &st->c;
     call->conn = c;
@@ -746,7 +746,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
     if (eq(name, namelen, ":path")) {
         call->m = api__method_find((const char *)value, valuelen);
         if (call->m == NULL && call->path == NULL) {
-            call->path = malloc(valuelen + 1);
+            call->path = qfs_malloc(valuelen + 1);
             if (call->path != NULL) {
                 memcpy(call->path, value, valuelen);
                 call->path[valuelen] = '\0';
@@ -863,6 +863,30 @@ static nghttp2_session_callbacks *callbacks_new(void) {
 
 /* ---- connection life cycle ------------------------------------------------ */
 
+static void *h2_malloc(size_t size, void *ud) {
+    (void)ud;
+    return qfs_malloc(size);
+}
+
+static void h2_free(void *p, void *ud) {
+    (void)ud;
+    free(p);
+}
+
+static void *h2_calloc(size_t n, size_t size, void *ud) {
+    (void)ud;
+    return qfs_calloc(n, size);
+}
+
+static void *h2_realloc(void *p, size_t size, void *ud) {
+    (void)ud;
+    return qfs_realloc(p, size);
+}
+
+/* The session allocates through qfs_malloc, so that the allocation tests
+ * fail nghttp2's allocations too. */
+static nghttp2_mem h2_mem = {NULL, h2_malloc, h2_free, h2_calloc, h2_realloc};
+
 /* HTTP/2 was chosen: the session, and our SETTINGS as the server preface. */
 static int conn_start_h2(struct api__conn *c) {
     struct api_server *s = c->server;
@@ -880,7 +904,7 @@ static int conn_start_h2(struct api__conn *c) {
         return API_ENOMEM;
     }
     nghttp2_option_set_no_http_messaging(opt, 1);
-    int rc = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+    int rc = nghttp2_session_server_new3(&c->h2, cbs, c, opt, &h2_mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rc != 0) return API_ENOMEM;
@@ -1109,7 +1133,7 @@ void api__conn_accept(struct api__listener *l) {
     struct api_server *s = l->server;
     if (s->n_conns >= s->max_conns) {
         /* Over the limit: accept to take it off the backlog, then close. */
-        uv_tcp_t *t = malloc(sizeof(*t));
+        uv_tcp_t *t = qfs_malloc(sizeof(*t));
         if (t == NULL) return;
         if (uv_tcp_init(s->loop, t) != 0) {
             free(t);
@@ -1119,7 +1143,7 @@ void api__conn_accept(struct api__listener *l) {
         uv_close((uv_handle_t *)t, on_refused_closed);
         return;
     }
-    struct api__conn *c = calloc(1, sizeof(*c));
+    struct api__conn *c = qfs_calloc(1, sizeof(*c));
     if (c == NULL) return;
     if (uv_tcp_init(s->loop, &c->tcp) != 0) {
         free(c);
@@ -1143,7 +1167,7 @@ void api__conn_accept(struct api__listener *l) {
 /* ---- detached connections (fuzzing) ---------------------------------------- */
 
 struct api__conn *api__conn_new_detached(struct api_server *s) {
-    struct api__conn *c = calloc(1, sizeof(*c));
+    struct api__conn *c = qfs_calloc(1, sizeof(*c));
     if (c == NULL) return NULL;
     c->detached = true;
     if (conn_init(c, s, false, false) != 0) {

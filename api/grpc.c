@@ -115,7 +115,7 @@ static int buf_reserve(struct api__grpc_reader *r, size_t more) {
     size_t cap = r->buf_cap ? r->buf_cap : 4096;
     while (cap < need) cap *= 2;
     if (cap > r->body_len) cap = r->body_len;
-    uint8_t *p = realloc(r->buf, cap);
+    uint8_t *p = qfs_realloc(r->buf, cap);
     if (p == NULL) return API_ENOMEM;
     r->buf = p;
     r->buf_cap = cap;
@@ -191,7 +191,7 @@ int api__grpc_encode(const ProtobufCMessage *msg, size_t max_bytes, size_t headr
     size_t n = protobuf_c_message_get_packed_size(msg);
     if (n > max_bytes || n > UINT32_MAX) return API_ETOOBIG;
     if (headroom > SIZE_MAX - API__GRPC_PREFIX_BYTES - n) return API_ETOOBIG;
-    uint8_t *buf = malloc(headroom + API__GRPC_PREFIX_BYTES + n);
+    uint8_t *buf = qfs_malloc(headroom + API__GRPC_PREFIX_BYTES + n);
     if (buf == NULL) return API_ENOMEM;
     api__grpc_prefix_write(buf + headroom, (uint32_t)n);
     size_t packed = protobuf_c_message_pack(msg, buf + headroom + API__GRPC_PREFIX_BYTES);
@@ -270,11 +270,26 @@ int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data
     return check(desc, data, data + len, depth_max);
 }
 
+static void *proto_alloc(void *data, size_t size) {
+    (void)data;
+    return qfs_malloc(size);
+}
+
+static void proto_free(void *data, void *p) {
+    (void)data;
+    free(p);
+}
+
+/* protobuf-c's allocator for what api/ unpacks: qfs_malloc, so that the
+ * allocation tests reach unpacking too. Its free is free(), which lets the
+ * messages be released with protobuf_c_message_free_unpacked(m, NULL). */
+static ProtobufCAllocator proto_allocator = {proto_alloc, proto_free, NULL};
+
 ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc,
                                     const uint8_t *data, size_t len) {
     static const uint8_t empty[1];
     if (api__proto_check(desc, data, len, API__PROTO_DEPTH_MAX) != 0) return NULL;
-    return protobuf_c_message_unpack(desc, NULL, len, len ? data : empty);
+    return protobuf_c_message_unpack(desc, &proto_allocator, len, len ? data : empty);
 }
 
 /* ---- trailers ---------------------------------------------------------------- */

@@ -480,7 +480,7 @@ static void serve_metrics(struct api__conn *c) {
 static struct api_call *call_new(struct api__conn *c, enum api__call_kind kind,
                                  const struct api__method *m) {
     /* A stream handle is a call (conn.c), so allocate the larger. */
-    struct api_call *call = calloc(1, sizeof(struct api_stream));
+    struct api_call *call = qfs_calloc(1, sizeof(struct api_stream));
     if (call == NULL) return NULL;
     call->kind = kind;
     call->m = m;
@@ -741,7 +741,7 @@ static void gateway_bidi(struct api__conn *c, const struct api__method *m, const
         off += used;
         if (n == cap) {
             cap = cap ? cap * 2 : 4;
-            ProtobufCMessage **q = realloc(reqs, cap * sizeof(*q));
+            ProtobufCMessage **q = qfs_realloc(reqs, cap * sizeof(*q));
             if (q == NULL) {
                 protobuf_c_message_free_unpacked(msg, NULL);
                 break;

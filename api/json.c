@@ -51,7 +51,7 @@ int api__buf_reserve(struct api__buf *b, size_t n) {
     if (b->len + n <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n) cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
-    uint8_t *p = realloc(b->p, cap);
+    uint8_t *p = qfs_realloc(b->p, cap);
     if (p == NULL) {
         b->failed = API_ENOMEM;
         return b->failed;
@@ -751,7 +751,7 @@ static size_t unquote(struct jval v, uint8_t *out) {
 
 /* The unquoted bytes of a string value, in a malloc()ed buffer. */
 static uint8_t *string_dup(struct jval v, size_t *len) {
-    uint8_t *out = malloc(v.n * 3 + 1);
+    uint8_t *out = qfs_malloc(v.n * 3 + 1);
     if (out == NULL) return NULL;
     *len = unquote(v, out);
     out[*len] = '\0';
@@ -902,7 +902,7 @@ static int decode_one(const ProtobufCFieldDescriptor *f, struct jval v, struct a
         uint8_t *s = string_dup(v, &len);
         if (s == NULL) return API_ENOMEM;
         if (f->type == PROTOBUF_C_TYPE_BYTES) {
-            uint8_t *raw = malloc(len / 4 * 3 + 4);
+            uint8_t *raw = qfs_malloc(len / 4 * 3 + 4);
             size_t rlen = 0;
             if (raw == NULL) {
                 free(s);
@@ -1053,7 +1053,7 @@ static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj,
     while (next_item(obj, &i, true, &m)) {
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
-            struct jmember *q = realloc(ms, cap * sizeof(*ms));
+            struct jmember *q = qfs_realloc(ms, cap * sizeof(*ms));
             if (q == NULL) {
                 free(ms);
                 return API_ENOMEM;

@@ -306,7 +306,7 @@ int api_server_new(uv_loop_t *loop, const struct api_options *opts,
         return API_EINVAL;
     }
     api__backend_check(backend);
-    struct api_server *s = calloc(1, sizeof(*s));
+    struct api_server *s = qfs_calloc(1, sizeof(*s));
     if (s == NULL) return API_ENOMEM;
     s->loop = loop;
     s->be = *backend;
@@ -371,7 +371,7 @@ void api_server_close(struct api_server *s, void (*close_cb)(void *data), void *
 int api__server_new_detached(const struct api_options *opts, const struct api_backend *be,
                              struct api_server **out) {
     api__backend_check(be);
-    struct api_server *s = calloc(1, sizeof(*s));
+    struct api_server *s = qfs_calloc(1, sizeof(*s));
     if (s == NULL) return API_ENOMEM;
     s->be = *be;
     s->thread = uv_thread_self();

@@ -243,7 +243,7 @@ int raft_decode(const void *buf, size_t len, struct raft_msg *m) {
     /* Every entry takes at least its header: refuse before allocating. */
     if ((uint64_t)n * ENTRY_HEADER_BYTES > r.left) return RAFT_EMALFORMED;
     if (n > 0) {
-        m->entries = calloc(n, sizeof(*m->entries));
+        m->entries = qfs_calloc(n, sizeof(*m->entries));
         if (m->entries == NULL) return RAFT_ENOMEM;
         m->n_entries = n;
         for (uint32_t i = 0; i < n; i++) {
@@ -301,7 +301,7 @@ int raft_conf_change_encode(const struct raft_conf_change *cc, void **out, size_
     if (cc->context.len > RAFT_DECODE_BYTES_MAX) return RAFT_ETOOBIG;
     if (cc->context.len > 0 && cc->context.base == NULL) return RAFT_EINVAL;
     size_t n = CC_HEADER_BYTES + cc->context.len;
-    uint8_t *buf = malloc(n);
+    uint8_t *buf = qfs_malloc(n);
     if (buf == NULL) return RAFT_ENOMEM;
     struct writer w = {buf};
     put_u8(&w, RAFT_WIRE_VERSION);

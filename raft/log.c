@@ -172,11 +172,17 @@ static int unstable_reserve(struct raft__unstable *u, size_t extra) {
         if (cap > SIZE_MAX / 2 / sizeof(*u->ents)) return RAFT_ENOMEM;
         cap *= 2;
     }
-    struct raft_entry *ents = realloc(u->ents, cap * sizeof(*ents));
+    struct raft_entry *ents = qfs_realloc(u->ents, cap * sizeof(*ents));
     if (ents == NULL) return RAFT_ENOMEM;
     u->ents = ents;
     u->cap = cap;
     return 0;
+}
+
+int raft__log_reserve(struct raft__log *l, size_t n) {
+    ASSERT(l != NULL);
+    ASSERT(n > 0);
+    return unstable_reserve(&l->u, n);
 }
 
 int raft__log_append(struct raft__log *l, const struct raft_entry *e, size_t n) {
@@ -187,13 +193,22 @@ int raft__log_append(struct raft__log *l, const struct raft_entry *e, size_t n) 
     uint64_t after = e[0].index;
     ASSERT(after > l->committed); /* never overwrite committed entries */
 
-    /* Copy the data first so that a failure leaves the log untouched. */
-    void **copies = calloc(n, sizeof(*copies));
-    if (copies == NULL) return RAFT_ENOMEM;
+    /* Copy the data first so that a failure leaves the log untouched.
+     * Entries without data (a leader's no-op) need no copy, so appending
+     * them into reserved room (raft__log_reserve) cannot fail. */
+    size_t with_data = 0;
     for (size_t i = 0; i < n; i++) {
         ASSERT(e[i].index == after + i);
+        if (e[i].data.len > 0) with_data++;
+    }
+    void **copies = NULL;
+    if (with_data > 0) {
+        copies = qfs_calloc(n, sizeof(*copies));
+        if (copies == NULL) return RAFT_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
         if (e[i].data.len == 0) continue;
-        copies[i] = malloc(e[i].data.len);
+        copies[i] = qfs_malloc(e[i].data.len);
         if (copies[i] == NULL) {
             for (size_t j = 0; j < i; j++) free(copies[j]);
             free(copies);
@@ -213,7 +228,7 @@ int raft__log_append(struct raft__log *l, const struct raft_entry *e, size_t n) 
     }
     int rc = unstable_reserve(u, keep + n > u->n ? keep + n - u->n : 0);
     if (rc != 0) {
-        for (size_t j = 0; j < n; j++) free(copies[j]);
+        for (size_t j = 0; copies != NULL && j < n; j++) free(copies[j]);
         free(copies);
         return rc;
     }
@@ -226,7 +241,7 @@ int raft__log_append(struct raft__log *l, const struct raft_entry *e, size_t n) 
     for (size_t i = 0; i < n; i++) {
         struct raft_entry *dst = &u->ents[u->start + u->n + i];
         *dst = e[i];
-        dst->data.base = copies[i];
+        dst->data.base = copies != NULL ? copies[i] : NULL;
     }
     u->n += n;
     free(copies);

@@ -66,14 +66,14 @@ static int ms_entries(void *data, uint64_t lo, uint64_t hi, uint64_t max_bytes,
         bytes += len;
         count++;
     }
-    struct raft_entry *ents = calloc(count, sizeof(*ents));
+    struct raft_entry *ents = qfs_calloc(count, sizeof(*ents));
     if (ents == NULL) return RAFT_ENOMEM;
     for (size_t k = 0; k < count; k++) {
         const struct raft_entry *src = &ms->ents[lo - off + k];
         ents[k] = *src;
         ents[k].data.base = NULL;
         if (src->data.len > 0) {
-            void *p = malloc(src->data.len);
+            void *p = qfs_malloc(src->data.len);
             if (p == NULL) {
                 for (size_t j = 0; j < k; j++) free((void *)ents[j].data.base);
                 free(ents);
@@ -121,10 +121,10 @@ static int ms_snapshot(void *data, struct raft_snapshot *snap) {
 }
 
 struct raft_memstore *raft_memstore_new(void) {
-    struct raft_memstore *ms = calloc(1, sizeof(*ms));
+    struct raft_memstore *ms = qfs_calloc(1, sizeof(*ms));
     if (ms == NULL) return NULL;
     ms->cap = 64;
-    ms->ents = calloc(ms->cap, sizeof(*ms->ents));
+    ms->ents = qfs_calloc(ms->cap, sizeof(*ms->ents));
     if (ms->ents == NULL) {
         free(ms);
         return NULL;
@@ -185,7 +185,7 @@ static int reserve(struct raft_memstore *ms, size_t n) {
         if (cap > SIZE_MAX / 2 / sizeof(*ms->ents)) return RAFT_ENOMEM;
         cap *= 2;
     }
-    struct raft_entry *ents = realloc(ms->ents, cap * sizeof(*ents));
+    struct raft_entry *ents = qfs_realloc(ms->ents, cap * sizeof(*ents));
     if (ents == NULL) return RAFT_ENOMEM;
     ms->ents = ents;
     ms->cap = cap;
@@ -212,11 +212,11 @@ int raft_memstore_append(struct raft_memstore *ms, const struct raft_entry *e, s
     int rc = reserve(ms, at + n);
     if (rc != 0) return rc;
     /* Copy the data before dropping the suffix so a failure changes nothing. */
-    void **copies = calloc(n, sizeof(*copies));
+    void **copies = qfs_calloc(n, sizeof(*copies));
     if (copies == NULL) return RAFT_ENOMEM;
     for (size_t i = 0; i < n; i++) {
         if (e[i].data.len == 0) continue;
-        copies[i] = malloc(e[i].data.len);
+        copies[i] = qfs_malloc(e[i].data.len);
         if (copies[i] == NULL) {
             for (size_t j = 0; j < i; j++) free(copies[j]);
             free(copies);
@@ -240,7 +240,7 @@ int raft_memstore_apply_snapshot(struct raft_memstore *ms, const struct raft_sna
     if (snap->meta.index <= ms->snap.meta.index) return RAFT_ESNAPOUTOFDATE;
     void *copy = NULL;
     if (snap->data.len > 0) {
-        copy = malloc(snap->data.len);
+        copy = qfs_malloc(snap->data.len);
         if (copy == NULL) return RAFT_ENOMEM;
         memcpy(copy, snap->data.base, snap->data.len);
     }
@@ -266,7 +266,7 @@ int raft_memstore_create_snapshot(struct raft_memstore *ms, uint64_t index,
     if (index > ms_last(ms) || index < ms_offset(ms)) return RAFT_EINVAL;
     void *copy = NULL;
     if (len > 0) {
-        copy = malloc(len);
+        copy = qfs_malloc(len);
         if (copy == NULL) return RAFT_ENOMEM;
         memcpy(copy, data, len);
     }

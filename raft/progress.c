@@ -147,7 +147,7 @@ struct raft__read_req *raft__rq_push(struct raft__read_queue *rq) {
         } else {
             size_t cap = rq->cap ? rq->cap * 2 : 16;
             if (cap > RAFT__READS_PENDING_MAX) cap = RAFT__READS_PENDING_MAX;
-            struct raft__read_req *q = realloc(rq->q, cap * sizeof(*q));
+            struct raft__read_req *q = qfs_realloc(rq->q, cap * sizeof(*q));
             if (q == NULL) return NULL;
             rq->q = q;
             rq->cap = cap;

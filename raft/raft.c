@@ -28,7 +28,14 @@
  *
  * Out of memory while sending a message drops the message (Raft tolerates
  * loss); out of memory while changing state is returned as RAFT_ENOMEM from
- * the public function with the state unchanged.
+ * the public function with the state unchanged. One exception, raft_step():
+ * what the message's header alone implies happens first and stays - a newer
+ * term adopted (Raft 5.1, vote cleared, follower) and the sender of an APP,
+ * HEARTBEAT or SNAP of the current term taken as leader - so RAFT_ENOMEM
+ * leaves the node as if it had received the header but lost the rest. The
+ * log, commit index, configuration and progress are unchanged, and feeding
+ * the message again finishes it (tests/unit/raft/test_raft_oom.c checks
+ * both on every allocation of a scenario).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -235,7 +242,7 @@ static int tracker_set(struct raft *r, const struct raft_conf_state *cs, bool ke
                 taken[old_i] = true;
                 fresh_buf[pos] = false;
             } else {
-                p->ins.buf = malloc(sizeof(uint64_t) * r->max_inflight);
+                p->ins.buf = qfs_malloc(sizeof(uint64_t) * r->max_inflight);
                 fresh_buf[pos] = true;
                 if (p->ins.buf == NULL) {
                     n++;
@@ -281,7 +288,7 @@ static struct raft_msg *msg_new(struct raft *r, uint8_t type, uint64_t to) {
     if (b->n >= RAFT__OUTBOX_MAX) return NULL;
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
-        struct raft_msg *msgs = realloc(b->msgs, cap * sizeof(*msgs));
+        struct raft_msg *msgs = qfs_realloc(b->msgs, cap * sizeof(*msgs));
         if (msgs == NULL) return NULL;
         b->msgs = msgs;
         b->cap = cap;
@@ -360,8 +367,17 @@ static void become_pre_candidate(struct raft *r) {
     r->role = RAFT_PRE_CANDIDATE;
 }
 
-static void become_leader(struct raft *r) {
+/*
+ * Out of memory for the no-op returns RAFT_ENOMEM with r unchanged (still
+ * a candidate with its votes), so the event that won the election can be
+ * fed again. campaign() reserves the room beforehand where it cannot
+ * report the error.
+ */
+static int become_leader(struct raft *r) {
     ASSERT(r->role != RAFT_FOLLOWER);
+    ASSERT(r->role != RAFT_LEADER);
+    int rc = raft__log_reserve(&r->log, 1);
+    if (rc != 0) return rc;
     reset(r, r->term);
     r->lead = r->id;
     r->role = RAFT_LEADER;
@@ -369,7 +385,7 @@ static void become_leader(struct raft *r) {
     if (self == NULL) {
         /* Removed from the configuration during the election. */
         become_follower(r, r->term, RAFT_NONE);
-        return;
+        return 0;
     }
     raft__pr_become_replicate(self);
     /* Conservatively treat anything uncommitted as a pending conf change. */
@@ -377,10 +393,9 @@ static void become_leader(struct raft *r) {
     r->pending_conf_index = last;
     /* The no-op of the new term: committing it commits everything before. */
     struct raft_entry noop = {.term = r->term, .index = last + 1, .type = RAFT_ENTRY_NORMAL};
-    if (raft__log_append(&r->log, &noop, 1) != 0) {
-        /* Without its no-op this leader could never commit; give up. */
-        become_follower(r, r->term, RAFT_NONE);
-    }
+    rc = raft__log_append(&r->log, &noop, 1);
+    ASSERT(rc == 0); /* no data, room reserved above */
+    return 0;
 }
 
 static enum vote_result tally(struct raft *r) {
@@ -403,8 +418,15 @@ static enum vote_result poll(struct raft *r, uint64_t id, bool granted) {
     return tally(r);
 }
 
-static void campaign(struct raft *r, enum campaign_type t) {
-    if (!promotable(r)) return;
+/*
+ * Returns 0 or RAFT_ENOMEM with r unchanged: the room for the no-op of a
+ * single voter's immediate win is reserved before anything changes.
+ */
+static int campaign(struct raft *r, enum campaign_type t) {
+    if (!promotable(r)) return 0;
+    int rc = 0;
+    if (n_voters(r) == 1) rc = raft__log_reserve(&r->log, 1);
+    if (rc != 0) return rc;
     uint64_t term;
     uint8_t type;
     if (t == CAMPAIGN_PRE) {
@@ -417,10 +439,10 @@ static void campaign(struct raft *r, enum campaign_type t) {
         term = r->term;
     }
     if (poll(r, r->id, true) == VOTE_WON) {
-        /* A single voter wins at once. */
-        if (t == CAMPAIGN_PRE) campaign(r, CAMPAIGN_ELECTION);
-        else become_leader(r);
-        return;
+        /* A single voter wins at once (room reserved: cannot fail). */
+        rc = t == CAMPAIGN_PRE ? campaign(r, CAMPAIGN_ELECTION) : become_leader(r);
+        ASSERT(rc == 0);
+        return 0;
     }
     uint64_t li = raft__log_last_index(&r->log);
     uint64_t lt = raft__log_last_term(&r->log);
@@ -437,12 +459,17 @@ static void campaign(struct raft *r, enum campaign_type t) {
             m->context.len = sizeof(RAFT_TRANSFER_CONTEXT) - 1;
         }
     }
+    return 0;
 }
 
-/* Committed but unapplied conf changes block campaigning (etcd hup). */
-static bool has_unapplied_conf_change(struct raft *r) {
+/*
+ * Committed but unapplied conf changes block campaigning (etcd hup).
+ * Returns 1 if there is one (or the storage cannot tell), 0 if not,
+ * RAFT_ENOMEM if the scan ran out of memory.
+ */
+static int has_unapplied_conf_change(struct raft *r) {
     struct raft__log *l = &r->log;
-    if (l->committed <= l->applied) return false;
+    if (l->committed <= l->applied) return 0;
     uint64_t lo = l->applied + 1;
     uint64_t first = raft__log_first_index(l);
     if (lo < first) lo = first;
@@ -452,6 +479,10 @@ static bool has_unapplied_conf_change(struct raft *r) {
         struct raft_entry *ents = NULL;
         size_t n = 0;
         int rc = raft__log_slice(l, &scratch, lo, l->committed + 1, RAFT__SCAN_BYTES, &ents, &n);
+        if (rc == RAFT_ENOMEM) {
+            raft__arena_free(&scratch);
+            return rc;
+        }
         if (rc != 0 || n == 0) {
             found = true; /* cannot tell: be conservative */
             break;
@@ -462,14 +493,16 @@ static bool has_unapplied_conf_change(struct raft *r) {
         raft__arena_reset(&scratch);
     }
     raft__arena_free(&scratch);
-    return found;
+    return found ? 1 : 0;
 }
 
-static void hup(struct raft *r, enum campaign_type t) {
-    if (r->role == RAFT_LEADER) return;
-    if (!promotable(r)) return;
-    if (has_unapplied_conf_change(r)) return;
-    campaign(r, t);
+/* Returns 0 (campaigning, or not allowed to) or RAFT_ENOMEM with r unchanged. */
+static int hup(struct raft *r, enum campaign_type t) {
+    if (r->role == RAFT_LEADER) return 0;
+    if (!promotable(r)) return 0;
+    int pending = has_unapplied_conf_change(r);
+    if (pending != 0) return pending < 0 ? pending : 0;
+    return campaign(r, t);
 }
 
 /* ------------------------------------------------------------------ */
@@ -624,7 +657,7 @@ static void push_read_state(struct raft *r, uint64_t index, const void *ctx, siz
     if (r->n_rs >= RAFT__READ_STATES_MAX) return; /* the requester times out */
     if (r->n_rs == r->cap_rs) {
         size_t cap = r->cap_rs ? r->cap_rs * 2 : 8;
-        struct read_state_int *rs = realloc(r->rs, cap * sizeof(*rs));
+        struct read_state_int *rs = qfs_realloc(r->rs, cap * sizeof(*rs));
         if (rs == NULL) return;
         r->rs = rs;
         r->cap_rs = cap;
@@ -861,7 +894,7 @@ static int leader_propose(struct raft *r, const struct raft_entry *src, size_t n
         conf = true;
     }
     struct raft_entry stack[8];
-    struct raft_entry *ents = n <= 8 ? stack : malloc(n * sizeof(*ents));
+    struct raft_entry *ents = n <= 8 ? stack : qfs_malloc(n * sizeof(*ents));
     if (ents == NULL) return RAFT_ENOMEM;
     uint64_t last = raft__log_last_index(&r->log);
     uint64_t conf_index = 0;
@@ -1013,7 +1046,7 @@ static int restore(struct raft *r, const struct raft_snapshot *s) {
     /* Allocate everything first: a failure leaves the node as it was. */
     void *data = NULL;
     if (s->data.len > 0) {
-        data = malloc(s->data.len);
+        data = qfs_malloc(s->data.len);
         if (data == NULL) return RAFT_ENOMEM;
         memcpy(data, s->data.base, s->data.len);
     }
@@ -1150,14 +1183,19 @@ static int step_candidate(struct raft *r, const struct raft_msg *m) {
     }
     if (m->type != resp_type) return 0;
     switch (poll(r, m->from, !m->reject)) {
-    case VOTE_WON:
+    case VOTE_WON: {
+        /* On RAFT_ENOMEM nothing changed but the recorded vote; feeding
+         * the response again tallies the same win. */
+        int rc;
         if (r->role == RAFT_PRE_CANDIDATE) {
-            campaign(r, CAMPAIGN_ELECTION);
+            rc = campaign(r, CAMPAIGN_ELECTION);
         } else {
-            become_leader(r);
-            if (r->role == RAFT_LEADER) bcast_append(r);
+            rc = become_leader(r);
+            if (rc == 0 && r->role == RAFT_LEADER) bcast_append(r);
         }
+        if (rc != 0) return rc;
         break;
+    }
     case VOTE_LOST:
         become_follower(r, r->term, RAFT_NONE);
         break;
@@ -1191,12 +1229,17 @@ static int step_follower(struct raft *r, const struct raft_msg *m) {
         fw->index = m->index != RAFT_NONE ? m->index : m->from;
         return 0;
     }
-    case RAFT_MSG_TIMEOUT_NOW:
+    case RAFT_MSG_TIMEOUT_NOW: {
         /* Leadership transfer: campaign now, past any lease - or as soon as
          * the committed conf changes are applied. */
-        if (promotable(r) && has_unapplied_conf_change(r)) r->timeout_now_term = r->term;
-        else hup(r, CAMPAIGN_TRANSFER);
-        return 0;
+        int pending = promotable(r) ? has_unapplied_conf_change(r) : 0;
+        if (pending < 0) return pending;
+        if (pending) {
+            r->timeout_now_term = r->term;
+            return 0;
+        }
+        return hup(r, CAMPAIGN_TRANSFER);
+    }
     case RAFT_MSG_READ_INDEX:
         /* Meant for a leader we no longer are (or never were). Forwarding it
          * under our id would route the answer to us, not to the requester:
@@ -1317,7 +1360,7 @@ int raft_new(const struct raft_config *cfg, struct raft **out) {
         return RAFT_EINVAL;
     if (cfg->max_inflight_msgs > RAFT__INFLIGHT_MAX) return RAFT_EINVAL;
 
-    struct raft *r = calloc(1, sizeof(*r));
+    struct raft *r = qfs_calloc(1, sizeof(*r));
     if (r == NULL) return RAFT_ENOMEM;
     r->id = cfg->id;
     r->storage = cfg->storage;
@@ -1392,7 +1435,8 @@ static void tick_election(struct raft *r) {
     r->election_elapsed++;
     if (promotable(r) && r->election_elapsed >= r->randomized_timeout) {
         r->election_elapsed = 0;
-        hup(r, r->pre_vote ? CAMPAIGN_PRE : CAMPAIGN_ELECTION);
+        /* Out of memory: no campaign this time; the next timeout retries. */
+        (void)hup(r, r->pre_vote ? CAMPAIGN_PRE : CAMPAIGN_ELECTION);
     }
 }
 
@@ -1551,8 +1595,7 @@ int raft_campaign(struct raft *r) {
     ASSERT(r != NULL);
     if (!is_voter(r, r->id)) return RAFT_ENOTMEMBER;
     if (r->role == RAFT_LEADER) return 0;
-    hup(r, r->pre_vote ? CAMPAIGN_PRE : CAMPAIGN_ELECTION);
-    return 0;
+    return hup(r, r->pre_vote ? CAMPAIGN_PRE : CAMPAIGN_ELECTION);
 }
 
 void raft_report_snapshot(struct raft *r, uint64_t to, bool ok) {
@@ -1679,9 +1722,12 @@ void raft_advance(struct raft *r, const struct raft_update *u) {
     if (r->timeout_now_term != 0) {
         if (r->timeout_now_term != r->term || r->role != RAFT_FOLLOWER) {
             r->timeout_now_term = 0; /* overtaken by events */
-        } else if (!has_unapplied_conf_change(r)) {
+        } else if (has_unapplied_conf_change(r) == 0) {
+            /* Out of memory in the scan keeps the request for the next
+             * advance; in the campaign it loses the transfer, which the
+             * leader aborts after an election timeout. */
             r->timeout_now_term = 0;
-            hup(r, CAMPAIGN_TRANSFER);
+            (void)hup(r, CAMPAIGN_TRANSFER);
         }
     }
 

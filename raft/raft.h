@@ -322,7 +322,12 @@ void raft_free(struct raft *r);
 
 /* One logical clock tick. */
 void raft_tick(struct raft *r);
-/* Feeds a message received from a peer (copied as needed). */
+/*
+ * Feeds a message received from a peer (copied as needed). RAFT_ENOMEM: the
+ * node took in only what the header implies (a newer term, the sender as
+ * leader); log, commit and configuration are unchanged. Feed the message
+ * again, or drop it as if lost.
+ */
 int raft_step(struct raft *r, const struct raft_msg *m);
 /*
  * Proposes data (copied) for the log. On a follower it is forwarded to the

@@ -15,6 +15,7 @@
 #define QUORUMFS_RAFT_INT_H
 
 #include "raft/raft.h"
+#include "raft/alloc.h"
 
 /* Always on, also in release builds: prints the expression and aborts. */
 _Noreturn void raft__assert_fail(const char *expr, const char *file, int line);
@@ -81,6 +82,9 @@ uint64_t raft__log_term_or_zero(const struct raft__log *l, uint64_t i);
 uint64_t raft__log_last_term(const struct raft__log *l);
 bool raft__log_match_term(const struct raft__log *l, uint64_t i, uint64_t term);
 bool raft__log_is_up_to_date(const struct raft__log *l, uint64_t lasti, uint64_t term);
+/* Makes room for n more entries after the last one, so that appending up
+ * to n entries without data (a leader's no-op) afterwards cannot fail. */
+int raft__log_reserve(struct raft__log *l, size_t n);
 /* Appends e[0..n) (data copied), truncating a conflicting suffix. */
 int raft__log_append(struct raft__log *l, const struct raft_entry *e, size_t n);
 /*

@@ -58,7 +58,7 @@ void *raft__arena_alloc(struct raft__arena *a, size_t n) {
     if (c == NULL || c->size - c->used < n) {
         size_t size = n > RAFT__ARENA_CHUNK_BYTES ? n : RAFT__ARENA_CHUNK_BYTES;
         if (size > SIZE_MAX - sizeof(*c)) return NULL;
-        c = malloc(sizeof(*c) + size);
+        c = qfs_malloc(sizeof(*c) + size);
         if (c == NULL) return NULL;
         c->size = size;
         c->used = 0;

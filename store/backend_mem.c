@@ -120,7 +120,7 @@ static const struct mver *visible(const struct ment *e, uint64_t seq) {
 static void live_add(struct store_memdb *m, uint64_t seq) {
     if (m->n_live == m->cap_live) {
         size_t cap = m->cap_live ? m->cap_live * 2 : 16;
-        uint64_t *p = realloc(m->live, cap * sizeof(*p));
+        uint64_t *p = qfs_realloc(m->live, cap * sizeof(*p));
         STORE_ASSERT(p != NULL); /* test-only backend */
         m->live = p;
         m->cap_live = cap;
@@ -177,7 +177,7 @@ static int ent_add_version(struct ment *e, uint64_t seq, bool deleted, const voi
                            size_t len) {
     uint8_t *copy = NULL;
     if (!deleted) {
-        copy = malloc(len ? len : 1);
+        copy = qfs_malloc(len ? len : 1);
         if (copy == NULL) return STORE_ENOMEM;
         if (len) memcpy(copy, val, len);
     }
@@ -192,7 +192,7 @@ static int ent_add_version(struct ment *e, uint64_t seq, bool deleted, const voi
     }
     if (e->nv == e->capv) {
         size_t cap = e->capv ? e->capv * 2 : 2;
-        struct mver *p = realloc(e->v, cap * sizeof(*p));
+        struct mver *p = qfs_realloc(e->v, cap * sizeof(*p));
         if (p == NULL) {
             free(copy);
             return STORE_ENOMEM;
@@ -211,12 +211,12 @@ static int cf_write(struct mcf *c, uint64_t seq, const void *k, size_t klen, boo
         if (deleted) return 0; /* nothing to delete */
         if (c->n == c->cap) {
             size_t cap = c->cap ? c->cap * 2 : 16;
-            struct ment *p = realloc(c->e, cap * sizeof(*p));
+            struct ment *p = qfs_realloc(c->e, cap * sizeof(*p));
             if (p == NULL) return STORE_ENOMEM;
             c->e = p;
             c->cap = cap;
         }
-        uint8_t *kc = malloc(klen ? klen : 1);
+        uint8_t *kc = qfs_malloc(klen ? klen : 1);
         if (kc == NULL) return STORE_ENOMEM;
         if (klen) memcpy(kc, k, klen);
         memmove(c->e + i + 1, c->e + i, (c->n - i) * sizeof(*c->e));
@@ -229,7 +229,7 @@ static int cf_write(struct mcf *c, uint64_t seq, const void *k, size_t klen, boo
 /* ---------------------------------------------------------------- memdb */
 
 struct store_memdb *store_memdb_new(void) {
-    struct store_memdb *m = calloc(1, sizeof(*m));
+    struct store_memdb *m = qfs_calloc(1, sizeof(*m));
     if (m == NULL) return NULL;
     if (pthread_mutex_init(&m->mu, NULL) != 0) {
         free(m);
@@ -332,7 +332,7 @@ static int mem_get(struct store__backend *b, const struct store__snap *snap, int
 
 static int mem_snap_new(struct store__backend *b, struct store__snap **out) {
     struct store_memdb *m = ((struct memb *)b)->m;
-    struct store__snap *s = malloc(sizeof(*s));
+    struct store__snap *s = qfs_malloc(sizeof(*s));
     if (s == NULL) return STORE_ENOMEM;
     pthread_mutex_lock(&m->mu);
     s->seq = m->seq;
@@ -355,7 +355,7 @@ static int mem_iter_new(struct store__backend *b, const struct store__snap *snap
                         struct store__iter **out) {
     struct store_memdb *m = ((struct memb *)b)->m;
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
-    struct store__iter *it = calloc(1, sizeof(*it));
+    struct store__iter *it = qfs_calloc(1, sizeof(*it));
     if (it == NULL) return STORE_ENOMEM;
     it->m = m;
     it->cf = cf;
@@ -435,7 +435,7 @@ static int mem_iter_status(struct store__iter *it) {
 
 static int mem_batch_new(struct store__backend *b, struct store__batch **out) {
     (void)b;
-    struct store__batch *w = calloc(1, sizeof(*w));
+    struct store__batch *w = qfs_calloc(1, sizeof(*w));
     if (w == NULL) return STORE_ENOMEM;
     *out = w;
     return 0;
@@ -446,16 +446,16 @@ static int batch_add(struct store__batch *w, int type, int cf, const void *k, si
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 16;
-        struct mop *p = realloc(w->ops, cap * sizeof(*p));
+        struct mop *p = qfs_realloc(w->ops, cap * sizeof(*p));
         if (p == NULL) return STORE_ENOMEM;
         w->ops = p;
         w->cap = cap;
     }
-    struct mop op = {type, cf, malloc(klen ? klen : 1), klen, NULL, vlen};
+    struct mop op = {type, cf, qfs_malloc(klen ? klen : 1), klen, NULL, vlen};
     if (op.k == NULL) return STORE_ENOMEM;
     if (klen) memcpy(op.k, k, klen);
     if (type != OP_DEL) {
-        op.v = malloc(vlen ? vlen : 1);
+        op.v = qfs_malloc(vlen ? vlen : 1);
         if (op.v == NULL) {
             free(op.k);
             return STORE_ENOMEM;
@@ -576,7 +576,7 @@ static const struct store__backend_ops mem_ops = {
 int store__backend_mem_open(struct store_memdb *m, struct store__backend **out) {
     STORE_ASSERT(m != NULL);
     STORE_ASSERT(out != NULL);
-    struct memb *mb = calloc(1, sizeof(*mb));
+    struct memb *mb = qfs_calloc(1, sizeof(*mb));
     if (mb == NULL) return STORE_ENOMEM;
     mb->base.ops = &mem_ops;
     mb->m = m;

@@ -94,7 +94,7 @@ static int rocks_get(struct store__backend *b, const struct store__snap *snap, i
 
 static int rocks_snap_new(struct store__backend *b, struct store__snap **out) {
     struct rocks *r = (struct rocks *)b;
-    struct store__snap *s = calloc(1, sizeof(*s));
+    struct store__snap *s = qfs_calloc(1, sizeof(*s));
     if (s == NULL) return STORE_ENOMEM;
     s->ro = rocksdb_readoptions_create();
     s->snap = rocksdb_create_snapshot(r->db);
@@ -115,7 +115,7 @@ static int rocks_iter_new(struct store__backend *b, const struct store__snap *sn
                           struct store__iter **out) {
     struct rocks *r = (struct rocks *)b;
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
-    struct store__iter *it = calloc(1, sizeof(*it));
+    struct store__iter *it = qfs_calloc(1, sizeof(*it));
     if (it == NULL) return STORE_ENOMEM;
     /* The iterator keeps its own read options, alive as long as it is. */
     it->ro = rocksdb_readoptions_create();
@@ -159,7 +159,7 @@ static int rocks_iter_status(struct store__iter *it) {
 }
 
 static int rocks_batch_new(struct store__backend *b, struct store__batch **out) {
-    struct store__batch *w = calloc(1, sizeof(*w));
+    struct store__batch *w = qfs_calloc(1, sizeof(*w));
     if (w == NULL) return STORE_ENOMEM;
     w->r = (struct rocks *)b;
     w->wb = rocksdb_writebatch_create();
@@ -263,7 +263,7 @@ int store__backend_rocksdb_open(const char *dir, struct store__backend **out, ch
                                 size_t errlen) {
     STORE_ASSERT(dir != NULL);
     STORE_ASSERT(out != NULL);
-    struct rocks *r = calloc(1, sizeof(*r));
+    struct rocks *r = qfs_calloc(1, sizeof(*r));
     if (r == NULL) return STORE_ENOMEM;
     r->base.ops = &rocks_ops;
     r->opts = rocksdb_options_create();

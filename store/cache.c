@@ -237,7 +237,7 @@ int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cach
         set_err(err, errlen, "store_cache_open: empty dir", STORE_EINVAL);
         return STORE_EINVAL;
     }
-    struct store_cache *c = calloc(1, sizeof(*c));
+    struct store_cache *c = qfs_calloc(1, sizeof(*c));
     if (c == NULL) return STORE_ENOMEM;
     int rc = pthread_mutex_init(&c->pub_mu, NULL) == 0 ? 0 : STORE_ENOMEM;
     if (rc != 0) goto err_free;
@@ -461,7 +461,7 @@ int store_cache_meta_get(struct store_cache *c, const char *name, void **blob, s
     rc = c->be->ops->get(c->be, NULL, STORE__CF_DEFAULT, kb.p, kb.len, &vb);
     if (rc == 1) rc = STORE_EKEYNOTFOUND;
     if (rc != 0) goto out;
-    *blob = malloc(vb.len ? vb.len : 1);
+    *blob = qfs_malloc(vb.len ? vb.len : 1);
     if (*blob == NULL) {
         rc = STORE_ENOMEM;
         goto out;
@@ -548,7 +548,7 @@ int store_cache_reload_begin(struct store_cache *c, int64_t revision,
     STORE_ASSERT(c != NULL && out != NULL);
     STORE_ASSERT(c->reload == NULL);
     if (revision < 1) return STORE_EINVAL;
-    struct store_cache_reload *r = calloc(1, sizeof(*r));
+    struct store_cache_reload *r = qfs_calloc(1, sizeof(*r));
     if (r == NULL) return STORE_ENOMEM;
     r->c = c;
     r->rev = revision;

@@ -257,7 +257,7 @@ int store_request_encode(const struct store_request *req, void *buf, size_t cap,
 int store_request_encode_alloc(const struct store_request *req, void **out, size_t *len) {
     STORE_ASSERT(out != NULL);
     size_t need = store_request_encoded_size(req);
-    void *buf = malloc(need);
+    void *buf = qfs_malloc(need);
     if (buf == NULL) return STORE_ENOMEM;
     int rc = store_request_encode(req, buf, need, len);
     if (rc != 0) {
@@ -390,7 +390,7 @@ static int r_ops(struct reader *r, struct store_op **ops, size_t *n_ops, unsigne
     uint32_t n = r_u32(r);
     if (r->bad || n > r_left(r) / OP_MIN_BYTES) return STORE_EMALFORMED;
     if (n == 0) return 0;
-    *ops = calloc(n, sizeof(**ops));
+    *ops = qfs_calloc(n, sizeof(**ops));
     if (*ops == NULL) return STORE_ENOMEM;
     *n_ops = n;
     for (uint32_t i = 0; i < n; i++) {
@@ -411,7 +411,7 @@ static int r_txn(struct reader *r, struct store_txn *t, unsigned depth) {
     uint32_t n = r_u32(r);
     if (r->bad || n > r_left(r) / COMPARE_MIN_BYTES) return STORE_EMALFORMED;
     if (n > 0) {
-        t->compare = calloc(n, sizeof(*t->compare));
+        t->compare = qfs_calloc(n, sizeof(*t->compare));
         if (t->compare == NULL) return STORE_ENOMEM;
         t->n_compare = n;
     }

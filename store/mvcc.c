@@ -110,12 +110,12 @@ static int ov_set(struct overlay *ov, const void *k, size_t klen, bool deleted,
     } else {
         if (ov->n == ov->cap) {
             size_t cap = ov->cap ? ov->cap * 2 : 16;
-            struct ov_ent *p = realloc(ov->e, cap * sizeof(*p));
+            struct ov_ent *p = qfs_realloc(ov->e, cap * sizeof(*p));
             if (p == NULL) return STORE_ENOMEM;
             ov->e = p;
             ov->cap = cap;
         }
-        uint8_t *kc = malloc(klen ? klen : 1);
+        uint8_t *kc = qfs_malloc(klen ? klen : 1);
         if (kc == NULL) return STORE_ENOMEM;
         if (klen) memcpy(kc, k, klen);
         memmove(ov->e + i + 1, ov->e + i, (ov->n - i) * sizeof(*ov->e));
@@ -129,7 +129,7 @@ static int ov_set(struct overlay *ov, const void *k, size_t klen, bool deleted,
     memset(&e->rec, 0, sizeof(e->rec));
     if (!deleted) {
         e->rec = *rec;
-        e->val = malloc(rec->value_len ? rec->value_len : 1);
+        e->val = qfs_malloc(rec->value_len ? rec->value_len : 1);
         if (e->val == NULL) {
             /* Leave a consistent entry: a deletion marker is never read
              * because the apply fails and is discarded. */
@@ -319,7 +319,7 @@ struct kvvec {
 static int kvvec_push(struct kvvec *vec, const struct store_kv *kv) {
     if (vec->n == vec->cap) {
         size_t cap = vec->cap ? vec->cap * 2 : 16;
-        struct store_kv *p = realloc(vec->v, cap * sizeof(*p));
+        struct store_kv *p = qfs_realloc(vec->v, cap * sizeof(*p));
         if (p == NULL) return STORE_ENOMEM;
         vec->v = p;
         vec->cap = cap;
@@ -472,7 +472,7 @@ struct boolvec {
 static int boolvec_push(struct boolvec *b, bool x) {
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
-        bool *p = realloc(b->v, cap * sizeof(*p));
+        bool *p = qfs_realloc(b->v, cap * sizeof(*p));
         if (p == NULL) return STORE_ENOMEM;
         b->v = p;
         b->cap = cap;
@@ -503,7 +503,7 @@ static int64_t apply_cur_rev(const struct apply *a) {
 static int push_event(struct apply *a, const struct store_event *ev) {
     if (a->n_events == a->cap_events) {
         size_t cap = a->cap_events ? a->cap_events * 2 : 8;
-        struct store_event *p = realloc(a->events, cap * sizeof(*p));
+        struct store_event *p = qfs_realloc(a->events, cap * sizeof(*p));
         if (p == NULL) return STORE_ENOMEM;
         a->events = p;
         a->cap_events = cap;
@@ -919,7 +919,7 @@ static int keyset_add(struct keyset *s, struct store_bytes k) {
     if (i < s->n && store__bytes_cmp(s->k[i].base, s->k[i].len, k.base, k.len) == 0) return 0;
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
-        struct store_bytes *p = realloc(s->k, cap * sizeof(*p));
+        struct store_bytes *p = qfs_realloc(s->k, cap * sizeof(*p));
         if (p == NULL) return STORE_ENOMEM;
         s->k = p;
         s->cap = cap;
@@ -933,10 +933,10 @@ static int keyset_add(struct keyset *s, struct store_bytes k) {
 static int ivals_add(struct ivals *v, struct store_bytes b, struct store_bytes e) {
     if (v->n == v->cap) {
         size_t cap = v->cap ? v->cap * 2 : 16;
-        struct store_bytes *pb = realloc(v->b, cap * sizeof(*pb));
+        struct store_bytes *pb = qfs_realloc(v->b, cap * sizeof(*pb));
         if (pb == NULL) return STORE_ENOMEM;
         v->b = pb;
-        struct store_bytes *pe = realloc(v->e, cap * sizeof(*pe));
+        struct store_bytes *pe = qfs_realloc(v->e, cap * sizeof(*pe));
         if (pe == NULL) return STORE_ENOMEM;
         v->e = pe;
         v->cap = cap;
@@ -1363,7 +1363,7 @@ int store__apply_request(struct store *s, uint64_t index, const void *req, size_
                          struct store_result **out) {
     STORE_ASSERT(out != NULL);
     STORE_ASSERT(index > s->st.applied);
-    struct store_result *res = calloc(1, sizeof(*res));
+    struct store_result *res = qfs_calloc(1, sizeof(*res));
     if (res == NULL) return STORE_ENOMEM;
     struct apply a = {0};
     a.s = s;
@@ -1587,7 +1587,7 @@ int store_events(struct store *s, int64_t from_rev, const void *key, size_t key_
         if (!in) continue;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            struct store_event *p = realloc(evs, nc * sizeof(*p));
+            struct store_event *p = qfs_realloc(evs, nc * sizeof(*p));
             if (p == NULL) {
                 rc = STORE_ENOMEM;
                 break;

@@ -257,7 +257,7 @@ static int rs_entries(void *data, uint64_t lo, uint64_t hi, uint64_t max_bytes,
     uint64_t want = hi - lo;
     /* max_bytes usually stops the scan long before hi: grow as needed. */
     size_t cap = want < 64 ? (size_t)want : 64;
-    struct raft_entry *ents = calloc(cap, sizeof(*ents));
+    struct raft_entry *ents = qfs_calloc(cap, sizeof(*ents));
     if (ents == NULL) return RAFT_ENOMEM;
     struct store__iter *it = NULL;
     int rc = ops->iter_new(s->be, NULL, STORE__CF_RAFT, &it);
@@ -284,7 +284,7 @@ static int rs_entries(void *data, uint64_t lo, uint64_t hi, uint64_t max_bytes,
             bytes += dlen;
             if (n == cap) {
                 size_t nc = cap * 2 < want ? cap * 2 : (size_t)want;
-                struct raft_entry *p = realloc(ents, nc * sizeof(*p));
+                struct raft_entry *p = qfs_realloc(ents, nc * sizeof(*p));
                 if (p == NULL) {
                     rc = STORE_ENOMEM;
                     break;
@@ -298,7 +298,7 @@ static int rs_entries(void *data, uint64_t lo, uint64_t hi, uint64_t max_bytes,
             e->term = store__get_u64le(val);
             e->type = val[8];
             if (dlen > 0) {
-                void *d = malloc(dlen);
+                void *d = qfs_malloc(dlen);
                 if (d == NULL) {
                     rc = STORE_ENOMEM;
                     break;

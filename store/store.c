@@ -57,7 +57,7 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
         set_err(err, errlen, "store_open: no data_dir", STORE_EINVAL);
         return STORE_EINVAL;
     }
-    struct store *s = calloc(1, sizeof(*s));
+    struct store *s = qfs_calloc(1, sizeof(*s));
     if (s == NULL) return STORE_ENOMEM;
     s->quota_bytes = opt->quota_bytes ? opt->quota_bytes : STORE_QUOTA_BYTES_DEFAULT;
     s->max_request_bytes =
@@ -242,7 +242,7 @@ int store_cluster_get(struct store *s, void **blob, size_t *len) {
         return rc;
     }
     /* Never NULL when present, even when empty. */
-    *blob = malloc(v.len ? v.len : 1);
+    *blob = qfs_malloc(v.len ? v.len : 1);
     if (*blob == NULL) {
         store__buf_free(&v);
         return STORE_ENOMEM;
@@ -331,7 +331,7 @@ int store_lease_list(struct store *s, struct store_lease **out, size_t *n) {
     for (ops->iter_seek(it, "", 0); ops->iter_valid(it); ops->iter_next(it)) {
         if (cnt == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            struct store_lease *p = realloc(arr, nc * sizeof(*p));
+            struct store_lease *p = qfs_realloc(arr, nc * sizeof(*p));
             if (p == NULL) {
                 rc = STORE_ENOMEM;
                 break;
@@ -398,7 +398,7 @@ int store_lease_keys(struct store *s, int64_t id, struct store_key_list *out) {
         if (kl < 8 || memcmp(lk, k, 8) != 0) break;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 16;
-            struct store_bytes *p = realloc(keys, nc * sizeof(*p));
+            struct store_bytes *p = qfs_realloc(keys, nc * sizeof(*p));
             if (p == NULL) {
                 rc = STORE_ENOMEM;
                 break;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "raft/alloc.h"
 #include "store/store.h"
 
 /* Assertions stay on in release builds. */

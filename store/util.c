@@ -46,7 +46,7 @@ struct store__chunk {
 };
 
 struct store_mem *store__mem_new(void) {
-    return calloc(1, sizeof(struct store_mem));
+    return qfs_calloc(1, sizeof(struct store_mem));
 }
 
 void store__mem_free(struct store_mem *m) {
@@ -69,7 +69,7 @@ void *store__mem_alloc(struct store_mem *m, size_t n) {
     if (c == NULL || c->cap - c->used < need) {
         size_t cap = need > MEM_CHUNK_BYTES / 2 ? need : MEM_CHUNK_BYTES;
         if (cap > SIZE_MAX - sizeof(*c)) return NULL;
-        struct store__chunk *nc = malloc(sizeof(*nc) + cap);
+        struct store__chunk *nc = qfs_malloc(sizeof(*nc) + cap);
         if (nc == NULL) return NULL;
         nc->used = 0;
         nc->cap = cap;
@@ -113,7 +113,7 @@ int store__buf_reserve(struct store__buf *b, size_t extra) {
         if (cap > SIZE_MAX / 2) return STORE_ENOMEM;
         cap *= 2;
     }
-    uint8_t *p = realloc(b->p, cap);
+    uint8_t *p = qfs_realloc(b->p, cap);
     if (p == NULL) return STORE_ENOMEM;
     b->p = p;
     b->cap = cap;
