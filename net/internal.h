@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include "net/frame.h"
@@ -49,21 +50,44 @@ _Noreturn void net__assert_fail(const char *expr, const char *file, int line);
 #define NET__SNAP_DEPTH_MAX 16u  /* directory nesting walked by the sender */
 #define NET__SNAP_DIRS_MAX 4096u /* directories one received snapshot may create */
 #define NET__ADDR_MAX 64u        /* "[ipv6]:port" */
+/* Ciphertext bytes read from a TLS socket at once (one shared buffer). */
+#define NET__TLS_READ_BYTES (64u * 1024u)
 
-/* A parsed "http://host:port" URL. */
+/* A parsed "http[s]://host:port" URL. */
 struct net__url {
     char host[NET_URL_MAX + 1]; /* without brackets */
     uint16_t port;
+    bool tls;                     /* https:// */
     bool literal;                 /* host is an IP address; addr is valid */
     struct sockaddr_storage addr; /* host:port when literal */
 };
 
 /*
  * Accepts "http://IPv4:port", "http://[IPv6]:port" and "http://name:port"
- * (letters, digits, '-', '.'), optionally followed by one "/". The scheme is
- * case-insensitive. Returns 0 or NET_EURL.
+ * (letters, digits, '-', '.'), optionally followed by one "/", and the same
+ * with "https://". The scheme is case-insensitive. Returns 0 or NET_EURL.
  */
 int net__url_parse(const char *url, struct net__url *u);
+
+/* tls.c */
+/*
+ * A TLS context for accepted (server true) or dialled connections, set up
+ * from o: TLS 1.2 at least, o's certificate and key (required for a
+ * server), CA file or default paths, CRLs, cipher list, and peer
+ * verification (client_cert_auth for a server, !insecure_skip_verify for a
+ * client). Returns 0 or NET_ETLS with a sentence in errmsg (NET_ERRMSG_SIZE
+ * bytes, may be NULL). *out is the caller's (SSL_CTX_free).
+ */
+int net__tls_ctx_new(const struct net_tls_options *o, bool server, SSL_CTX **out,
+                     char *errmsg);
+/*
+ * Why a TLS operation on ssl failed (ssl_error from SSL_get_error()), as a
+ * sentence for a log: the certificate verification error and `subject`
+ * (the refused certificate's, "" when unknown) when verification failed,
+ * else OpenSSL's reason ("tlsv1 alert unknown ca", "wrong version
+ * number"). Clears OpenSSL's error queue.
+ */
+void net__tls_reason(SSL *ssl, int ssl_error, const char *subject, char *buf, size_t cap);
 
 /* "ip:port" or "[ip]:port" of a socket address, into buf (NET__ADDR_MAX). */
 void net__addr_format(const struct sockaddr *sa, char *buf, size_t cap);
@@ -106,6 +130,11 @@ struct conn {
     uint64_t deadline_ms;  /* uv_now() by which the handshake must finish; 0 = none */
     size_t q_bytes;        /* OUT: Raft frame bytes handed to uv_write, not yet written */
     size_t q_frames;       /* OUT: the same, in frames */
+    SSL *ssl;              /* NULL: plain TCP; else the TLS session (owns its BIOs) */
+    BIO *rbio, *wbio;      /* ciphertext in (from the socket) and out (to it) */
+    bool tls_done;         /* the TLS handshake finished; frames may flow */
+    bool broken;           /* TLS output was lost: the tick closes it */
+    char tls_subject[128]; /* subject of the certificate that failed verification */
     struct snap_rx *rx;    /* IN: the snapshot being received, if any */
     uint64_t skip_snap_id; /* IN: frames of this snapshot are ignored (refused/failed) */
 };
@@ -144,6 +173,10 @@ struct net_transport {
     uint64_t rng;                    /* splitmix64 state for jitter */
     struct net_callbacks cb;
     void *data;
+    SSL_CTX *tls_server;             /* https listen URL: accepted connections; else NULL */
+    SSL_CTX *tls_client;             /* dialling https peers */
+    bool tls_verify_host;            /* dialled certificates must name the URL's host */
+    uint8_t *tls_rbuf;               /* NET__TLS_READ_BYTES; reads are handled at once */
     uv_tcp_t listener;
     uv_timer_t tick;
     int port;

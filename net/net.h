@@ -29,6 +29,13 @@
  * the message and returns an error so the caller can report the peer
  * unreachable to Raft.
  *
+ * TLS: a transport whose listen URL is https:// serves TLS (OpenSSL, over
+ * memory BIOs, so libuv still owns the socket); a peer whose URL is
+ * https:// is dialled over TLS. The handshake above then runs inside the
+ * TLS session, and a TLS failure (an unverified certificate, a missing
+ * client certificate, a peer speaking plain TCP) is reported through
+ * on_handshake_error like any other refusal. See struct net_tls_options.
+ *
  * Errors: functions return 0 or a negative code: a NET_ERRORS code below or
  * a negated errno / libuv error (libuv uses -errno on Unix). net_strerror()
  * describes both. The library never prints.
@@ -51,7 +58,8 @@ extern "C" {
     X(NET_ENOMEM, -3001, "out of memory")                                              \
     X(NET_EINVAL, -3002, "invalid argument")                                           \
     X(NET_EURL, -3003,                                                                 \
-      "invalid URL (expected http://IPv4:port, http://[IPv6]:port or http://host:port)") \
+      "invalid URL (expected http[s]://IPv4:port, http[s]://[IPv6]:port or "             \
+      "http[s]://host:port)")                                                           \
     X(NET_ETOOBIG, -3004, "frame exceeds the size limit")                              \
     X(NET_EVERSION, -3005, "unsupported protocol version")                             \
     X(NET_ETYPE, -3006, "unknown frame type")                                          \
@@ -73,7 +81,9 @@ extern "C" {
     X(NET_ECONNLOST, -3021, "connection lost")                                         \
     X(NET_ELIMIT, -3022, "a configured limit was reached")                             \
     X(NET_EHANDSHAKE, -3023, "handshake rejected")                                     \
-    X(NET_EPROTO, -3024, "protocol violation by the peer")
+    X(NET_EPROTO, -3024, "protocol violation by the peer")                             \
+    X(NET_ETLS, -3025, "TLS setup failed (certificate, key, CA or CRL file, or library)") \
+    X(NET_ECIPHER, -3026, "unknown TLS cipher suite name")
 
 enum net_error {
 #define NET__ERR_ENUM(name, value, text) name = value,
@@ -109,6 +119,10 @@ const char *net_strerror(int rc);
 #define NET_SNAP_FILES_MAX 65536u
 #define NET_SNAP_NAME_MAX 1024u
 #define NET_SNAP_BYTES_DEFAULT (64ull * 1024u * 1024u * 1024u)
+/* Size of the buffer net_options.errmsg points to, if given. */
+#define NET_ERRMSG_SIZE 256u
+/* Bytes of an OpenSSL cipher list made by net_tls_cipher_list(). */
+#define NET_CIPHER_LIST_MAX 1024u
 
 struct net_transport;
 
@@ -172,10 +186,42 @@ struct net_callbacks {
     void (*on_snapshot_abort)(void *data, uint64_t from_id, int rc);
 };
 
+/*
+ * Peer TLS, as etcd's --peer-* flags set it. Every string is a path to a
+ * PEM file, borrowed during net_transport_new() (the files are read then),
+ * or NULL.
+ */
+struct net_tls_options {
+    /* This node's certificate chain and key: served on an https listen URL
+     * (required there) and presented as the client certificate when
+     * dialling an https peer. */
+    const char *cert_file;
+    const char *key_file;
+    /* CA certificates that verify the other end (a dialled peer's server
+     * certificate; an accepted peer's client certificate). NULL: OpenSSL's
+     * default verify paths. */
+    const char *trusted_ca_file;
+    /* Certificate revocation lists (PEM); a revoked certificate fails
+     * verification. NULL: no revocation check. */
+    const char *crl_file;
+    /* Accepted connections must present a certificate that verifies;
+     * without one the TLS handshake fails and is reported. */
+    bool client_cert_auth;
+    /* Dialled peers' server certificates are not verified (etcd's
+     * --peer-auto-tls, whose certificates are self-signed). When false, a
+     * dialled certificate must verify and name the URL's host (an IP SAN
+     * for an IP literal, a DNS SAN otherwise), as Go's TLS client checks. */
+    bool insecure_skip_verify;
+    /* OpenSSL cipher list for TLS 1.2 (see net_tls_cipher_list()); NULL:
+     * OpenSSL's default. TLS 1.3 suites are not affected, as in Go. */
+    const char *cipher_list;
+};
+
 struct net_options {
     uint64_t id;              /* this node's member id, non-zero */
-    const char *listen_url;   /* "http://127.0.0.1:2380" or "http://[::1]:2380"; an IP
-                                 literal; port 0 binds an ephemeral port */
+    const char *listen_url;   /* "http[s]://127.0.0.1:2380", "http://[::1]:2380" or
+                                 "http://localhost:2380" (bound to 127.0.0.1); port 0
+                                 binds an ephemeral port */
     const char *cluster_token; /* compared byte for byte in the handshake; NULL = "" */
     /*
      * The initial cluster, compared in the handshake as a list sorted by id
@@ -199,6 +245,10 @@ struct net_options {
     uint64_t seed;                /* backoff jitter PRNG seed; 0 derives one from id */
     struct net_callbacks cb;
     void *data; /* passed to every callback */
+    struct net_tls_options tls; /* used by https listen and peer URLs */
+    /* Optional: a buffer of NET_ERRMSG_SIZE bytes that receives a sentence
+     * saying why net_transport_new() failed (for example which TLS file). */
+    char *errmsg;
 };
 
 /*
@@ -223,7 +273,7 @@ int net_transport_set_members(struct net_transport *t, const struct net_member *
                               size_t n_members);
 
 /*
- * Starts dialling peer `id` at `url` ("http://host:port"; a host name is
+ * Starts dialling peer `id` at `url` ("http[s]://host:port"; a host name is
  * resolved through uv_getaddrinfo at every dial). Copied. NET_EEXIST if the
  * id is known, NET_ELIMIT beyond NET_PEERS_MAX, NET_EURL for a bad URL.
  */
@@ -292,6 +342,30 @@ int net_transport_peer_info(const struct net_transport *t, uint64_t id,
  * this call.
  */
 void net_transport_close(struct net_transport *t, void (*close_cb)(void *data));
+
+/*
+ * Maps etcd's --cipher-suites value (Go's names, comma-separated, such as
+ * "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_AES_256_GCM_SHA384")
+ * to an OpenSSL cipher list ("ECDHE-RSA-AES128-GCM-SHA256:AES256-GCM-SHA384")
+ * in out (out_size bytes, NUL-terminated). An empty value gives "". Returns 0,
+ * NET_ECIPHER for a name etcd does not know (errmsg, if not NULL, gets
+ * etcd's sentence: unexpected TLS cipher suite "NAME"), NET_ELIMIT when out
+ * is too small. Pure; any thread.
+ */
+int net_tls_cipher_list(const char *etcd_names, char *out, size_t out_size, char *errmsg,
+                        size_t errmsg_size);
+
+/*
+ * etcd's auto TLS: makes sure dir/cert.pem and dir/key.pem exist, creating
+ * dir (mode 0700, one level) and a self-signed certificate when either file
+ * is missing, as etcd's SelfCert does: organization "etcd", a P-256 key,
+ * valid for one year, usable for server and client authentication, with a
+ * subject alternative name per entry of `hosts` (comma-separated IP
+ * literals or names; NULL or "" for none). Existing files are kept as they
+ * are. Returns 0, NET_ETLS (errmsg, if not NULL, says why) or -errno.
+ * Blocking file I/O: call before the loop runs.
+ */
+int net_tls_self_cert(const char *dir, const char *hosts, char *errmsg, size_t errmsg_size);
 
 #ifdef __cplusplus
 }

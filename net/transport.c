@@ -23,14 +23,31 @@
  * read, and before the handshake at most NET__HELLO_BYTES_MAX, so an
  * unauthenticated socket costs little. Accepted connections are capped at
  * NET_INBOUND_MAX.
+ *
+ * TLS (https URLs) sits between the socket and the frames, over memory
+ * BIOs: ciphertext read from the socket goes into the session's read BIO
+ * and plaintext is pulled from it into the frame reader only when the
+ * reader wants bytes, so a paused connection holds at most one socket read
+ * of ciphertext plus one TLS record. Each frame written is encrypted at
+ * once and its ciphertext handed to uv_write in a request that completes
+ * the frame's own (queue accounting, snapshot pacing), so nothing else
+ * changes for the code above. The TLS handshake comes first (within the
+ * same handshake deadline); the dialer sends HELLO once it is done. A TLS
+ * failure is reported like a refused HELLO, after the alert OpenSSL wrote
+ * has been sent, so the other end learns why too.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "net/internal.h"
 
@@ -58,6 +75,9 @@ static void transport_free(struct net_transport *t) {
     free_members(t->members, t->n_members);
     free(t->token);
     free(t->snapshot_dir);
+    SSL_CTX_free(t->tls_server);
+    SSL_CTX_free(t->tls_client);
+    free(t->tls_rbuf);
     free(t);
 }
 
@@ -181,8 +201,8 @@ int net__wreq_encode(const struct net__frame *f, struct wreq **out) {
     return 0;
 }
 
-static void on_write(uv_write_t *req, int status) {
-    struct wreq *w = (struct wreq *)req;
+/* A frame's bytes (or its ciphertext) were written, or failed to be. */
+static void wreq_done(struct wreq *w, int status) {
     struct conn *c = w->c;
     struct snap_tx *tx = w->tx;
     bool close_after = w->close_after;
@@ -200,13 +220,129 @@ static void on_write(uv_write_t *req, int status) {
     if (tx != NULL) net__snap_tx_wrote(tx, status);
 }
 
+static void on_write(uv_write_t *req, int status) { wreq_done((struct wreq *)req, status); }
+
+/* Ciphertext on its way to the socket: a frame's (w), or TLS's own
+ * (handshake messages, alerts, tickets) when w is NULL. */
+struct tls_wreq {
+    uv_write_t req;
+    struct conn *c;
+    struct wreq *w;   /* completed when this is written; NULL for TLS's own bytes */
+    bool close_after; /* an alert: close once written */
+    size_t cap;       /* bytes allocated in data */
+    size_t len;       /* bytes used */
+    uint8_t data[];
+};
+
+/* Record overhead TLS adds per 16 KiB of plaintext, with room to spare
+ * (header, MAC or tag, CBC padding). */
+#define TLS_RECORD_OVERHEAD_BYTES 512u
+#define TLS_RECORD_BYTES 16384u
+/* Room for records TLS may add on its own during a write (tickets). */
+#define TLS_SLACK_BYTES 4096u
+
+static void on_tls_write(uv_write_t *req, int status) {
+    struct tls_wreq *tw = (struct tls_wreq *)req;
+    struct conn *c = tw->c;
+    struct wreq *w = tw->w;
+    bool close_after = tw->close_after;
+    free(tw);
+    if (w != NULL) {
+        wreq_done(w, status);
+        return;
+    }
+    if (status < 0 && status != UV_ECANCELED)
+        net__conn_close(c, status);
+    else if (close_after)
+        net__conn_close(c, NET_EHANDSHAKE);
+}
+
+static struct tls_wreq *tls_wreq_new(size_t cap) {
+    struct tls_wreq *tw = malloc(sizeof(*tw) + cap);
+    if (tw == NULL) return NULL;
+    tw->c = NULL;
+    tw->w = NULL;
+    tw->close_after = false;
+    tw->cap = cap;
+    tw->len = 0;
+    return tw;
+}
+
+/* Moves what OpenSSL wrote into the write BIO into tw and hands it to the
+ * socket. On failure tw is freed, the ciphertext is lost and the
+ * connection is marked broken (the TLS stream cannot go on). */
+static int tls_submit(struct conn *c, struct tls_wreq *tw) {
+    _Static_assert(offsetof(struct tls_wreq, req) == 0, "on_tls_write casts req");
+    size_t pending = BIO_ctrl_pending(c->wbio);
+    if (pending > tw->cap) {
+        /* More than the estimate (TLS wrote records of its own meanwhile). */
+        struct tls_wreq *bigger = realloc(tw, sizeof(*tw) + pending);
+        if (bigger == NULL) {
+            free(tw);
+            c->broken = true;
+            return NET_ENOMEM;
+        }
+        tw = bigger;
+        tw->cap = pending;
+    }
+    if (pending > 0 && BIO_read(c->wbio, tw->data, (int)pending) != (int)pending) {
+        free(tw);
+        c->broken = true;
+        return NET_EPROTO;
+    }
+    tw->len = pending;
+    tw->c = c;
+    uv_buf_t b = uv_buf_init((char *)tw->data, (unsigned int)tw->len);
+    int rc = uv_write(&tw->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write);
+    if (rc != 0) {
+        free(tw);
+        c->broken = true;
+    }
+    return rc;
+}
+
+/* Sends TLS's own output (if any). close_after: close once it is written. */
+static int tls_flush(struct conn *c, bool close_after) {
+    size_t pending = BIO_ctrl_pending(c->wbio);
+    if (pending == 0) return 0;
+    struct tls_wreq *tw = tls_wreq_new(pending);
+    if (tw == NULL) {
+        c->broken = true;
+        return NET_ENOMEM;
+    }
+    tw->close_after = close_after;
+    return tls_submit(c, tw);
+}
+
 int net__conn_write(struct conn *c, struct wreq *w) {
     NET__ASSERT(c != NULL && w != NULL);
     NET__ASSERT(c->state != NET__CONN_CLOSING);
     _Static_assert(offsetof(struct wreq, req) == 0, "on_write casts req to wreq");
     w->c = c;
-    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned int)w->len);
-    return uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (c->ssl == NULL) {
+        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned int)w->len);
+        return uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    }
+    /* Frames are written only once the TLS handshake is done (see the top). */
+    NET__ASSERT(c->tls_done);
+    NET__ASSERT(w->len <= INT_MAX);
+    if (c->broken) return NET_ECONNLOST;
+    /* Room for the ciphertext is taken before encrypting, so that once
+     * SSL_write has consumed the frame nothing can fail but the socket. */
+    size_t records = w->len / TLS_RECORD_BYTES + 1;
+    struct tls_wreq *tw =
+        tls_wreq_new(BIO_ctrl_pending(c->wbio) + w->len + records * TLS_RECORD_OVERHEAD_BYTES +
+                     TLS_SLACK_BYTES);
+    if (tw == NULL) return NET_ENOMEM;
+    ERR_clear_error();
+    int n = SSL_write(c->ssl, w->data, (int)w->len);
+    if (n <= 0 || (size_t)n != w->len) {
+        ERR_clear_error();
+        free(tw);
+        return NET_EPROTO;
+    }
+    tw->w = w;
+    return tls_submit(c, tw);
 }
 
 /* ---- connections ---- */
@@ -220,6 +356,7 @@ static void on_conn_closed(uv_handle_t *h) {
         t->conns = c->next;
     if (c->next != NULL) c->next->prev = c->prev;
     net__reader_release(&c->rd);
+    SSL_free(c->ssl); /* and its BIOs */
     free(c);
     net__unref(t);
 }
@@ -503,6 +640,148 @@ static void outbound_reject(struct conn *c, const struct net__frame *f) {
     net__conn_close(c, NET_EHANDSHAKE);
 }
 
+/* ---- TLS sessions ---- */
+
+/* Keeps the subject of the certificate that failed verification, for the
+ * report; OpenSSL does not keep a refused certificate. */
+static int tls_verify_cb(int ok, X509_STORE_CTX *x) {
+    if (ok) return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct conn *c = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    X509 *cert = X509_STORE_CTX_get0_cert(x);
+    if (c != NULL && cert != NULL && c->tls_subject[0] == '\0')
+        X509_NAME_oneline(X509_get_subject_name(cert), c->tls_subject, sizeof(c->tls_subject));
+    return ok;
+}
+
+/* Creates c's TLS session: the dialer's (verifying the URL's host unless
+ * told not to) or the listener's. 0 or NET_ENOMEM. */
+static int tls_start(struct conn *c) {
+    struct net_transport *t = c->t;
+    bool out = c->dir == NET__CONN_OUT;
+    NET__ASSERT(c->ssl == NULL);
+    NET__ASSERT(out ? t->tls_client != NULL : t->tls_server != NULL);
+    c->ssl = SSL_new(out ? t->tls_client : t->tls_server);
+    BIO *rbio = BIO_new(BIO_s_mem());
+    BIO *wbio = BIO_new(BIO_s_mem());
+    if (c->ssl == NULL || rbio == NULL || wbio == NULL) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+        return NET_ENOMEM;
+    }
+    SSL_set_bio(c->ssl, rbio, wbio);
+    c->rbio = rbio;
+    c->wbio = wbio;
+    SSL_set_app_data(c->ssl, c);
+    SSL_set_verify(c->ssl, SSL_get_verify_mode(c->ssl), tls_verify_cb);
+    if (!out) {
+        SSL_set_accept_state(c->ssl);
+        return 0;
+    }
+    SSL_set_connect_state(c->ssl);
+    const struct net__url *u = &c->peer->u;
+    int ok = 1;
+    if (!u->literal) ok = SSL_set_tlsext_host_name(c->ssl, u->host);
+    if (ok == 1 && t->tls_verify_host)
+        ok = u->literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), u->host)
+                        : SSL_set1_host(c->ssl, u->host);
+    ERR_clear_error();
+    return ok == 1 ? 0 : NET_ENOMEM;
+}
+
+/*
+ * The TLS session failed (ssl_error from SSL_get_error()) before the
+ * connection was up: report why, unless the other end merely went away,
+ * send the alert OpenSSL wrote, and close once it is out.
+ */
+static void tls_fail(struct conn *c, int ssl_error) {
+    struct net_transport *t = c->t;
+    bool quiet = ERR_peek_error() == 0 &&
+                 (ssl_error == SSL_ERROR_SYSCALL || ssl_error == SSL_ERROR_ZERO_RETURN);
+    char why[NET_REASON_MAX / 2];
+    net__tls_reason(c->ssl, ssl_error, c->tls_subject, why, sizeof(why));
+    if (!quiet) {
+        char reason[NET_REASON_MAX];
+        snprintf(reason, sizeof(reason), "TLS handshake failed: %s", why);
+        /* A refusal is a configuration problem: retry, but slowly. */
+        if (c->peer != NULL) c->peer->backoff_ms = t->backoff_max_ms;
+        report_handshake_error(c, c->remote_id, reason);
+    }
+    if (c->state == NET__CONN_CLOSING) return; /* the callback closed it */
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    c->rejecting = true;
+    if (BIO_ctrl_pending(c->wbio) == 0 || tls_flush(c, true) != 0)
+        net__conn_close(c, NET_EHANDSHAKE);
+}
+
+/* Advances the TLS handshake; once done, the dialer sends HELLO. Returns 0,
+ * or -1 when the connection failed (and is closing). */
+static int tls_handshake(struct conn *c) {
+    NET__ASSERT(c->ssl != NULL && !c->tls_done);
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+    if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        tls_fail(c, e);
+        return -1;
+    }
+    int rc = tls_flush(c, false);
+    if (rc == 0 && r == 1) {
+        c->tls_done = true;
+        if (c->dir == NET__CONN_OUT) {
+            NET__ASSERT(c->peer != NULL);
+            rc = send_hello(c, NET__FRAME_HELLO, c->peer->id);
+        }
+    }
+    if (rc != 0) {
+        net__conn_close(c, rc);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decrypts what the read BIO holds into the frame reader. Returns the bytes
+ * added, 0 when none are ready, or -1 when the connection failed. */
+static int tls_pull(struct conn *c) {
+    if (c->ssl == NULL || !c->tls_done) return 0;
+    uint8_t *p;
+    size_t n;
+    int rc = net__reader_space(&c->rd, &p, &n);
+    if (rc != 0) {
+        net__conn_close(c, rc);
+        return -1;
+    }
+    if (n > INT_MAX) n = INT_MAX;
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, p, (int)n);
+    if (r > 0) {
+        net__reader_commit(&c->rd, (size_t)r);
+        return r;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        /* Reading may have produced records to send (a key update). */
+        if (tls_flush(c, false) == 0) return 0;
+        net__conn_close(c, NET_ECONNLOST);
+        return -1;
+    }
+    if (c->state == NET__CONN_UP || e == SSL_ERROR_ZERO_RETURN) {
+        ERR_clear_error();
+        net__conn_close(c, NET_ECONNLOST);
+        return -1;
+    }
+    /* Under TLS 1.3 a server refuses the client's certificate after the
+     * client finished its handshake: the alert arrives here. */
+    tls_fail(c, e);
+    return -1;
+}
+
 /* ---- frames in ---- */
 
 /* One decoded frame; a negative return is a protocol violation. */
@@ -590,6 +869,11 @@ static void conn_bad_frame(struct conn *c, int rc) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     (void)suggested;
     struct conn *c = h->data;
+    if (c->ssl != NULL) {
+        /* Ciphertext: moved into the read BIO before the next read. */
+        *buf = uv_buf_init((char *)c->t->tls_rbuf, NET__TLS_READ_BYTES);
+        return;
+    }
     uint8_t *p;
     size_t n;
     if (net__reader_space(&c->rd, &p, &n) != 0) {
@@ -603,15 +887,24 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void conn_process(struct conn *c);
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-    (void)buf;
     struct conn *c = s->data;
-    if (c->state == NET__CONN_CLOSING) return;
+    if (c->state == NET__CONN_CLOSING || c->rejecting) return;
     if (nread < 0) {
         net__conn_close(c, nread == UV_EOF ? NET_ECONNLOST : (int)nread);
         return;
     }
     if (nread == 0) return;
-    net__reader_commit(&c->rd, (size_t)nread);
+    if (c->ssl == NULL) {
+        net__reader_commit(&c->rd, (size_t)nread);
+    } else {
+        NET__ASSERT(buf->base == (char *)c->t->tls_rbuf);
+        if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
+            ERR_clear_error();
+            net__conn_close(c, NET_ENOMEM);
+            return;
+        }
+        if (!c->tls_done && tls_handshake(c) != 0) return;
+    }
     conn_process(c);
 }
 
@@ -629,7 +922,10 @@ static void conn_process(struct conn *c) {
                                                                           : NET__HELLO_BYTES_MAX;
         bool have;
         int rc = net__reader_next(&c->rd, limit, f, &have);
-        if (rc == 0 && !have) break;
+        if (rc == 0 && !have) {
+            if (tls_pull(c) > 0) continue; /* <0: failed and closing */
+            break;
+        }
         if (rc == 0) rc = handle_frame(c, f);
         if (rc != 0) {
             if (c->state != NET__CONN_CLOSING) conn_bad_frame(c, rc);
@@ -671,10 +967,20 @@ static void on_connect(uv_connect_t *req, int status) {
     NET__ASSERT(c->peer != NULL);
     set_socket_options(c);
     c->state = NET__CONN_HANDSHAKE;
-    int rc = send_hello(c, NET__FRAME_HELLO, c->peer->id);
-    if (rc != 0) {
-        net__conn_close(c, rc);
-        return;
+    if (c->peer->u.tls) {
+        /* HELLO follows once the TLS handshake is done. */
+        int rc = tls_start(c);
+        if (rc != 0) {
+            net__conn_close(c, rc);
+            return;
+        }
+        if (tls_handshake(c) != 0) return;
+    } else {
+        int rc = send_hello(c, NET__FRAME_HELLO, c->peer->id);
+        if (rc != 0) {
+            net__conn_close(c, rc);
+            return;
+        }
     }
     conn_process(c); /* starts reading */
 }
@@ -819,6 +1125,13 @@ static void on_connection(uv_stream_t *server, int status) {
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
         net__addr_format((struct sockaddr *)&ss, c->addr, sizeof(c->addr));
     set_socket_options(c);
+    if (t->tls_server != NULL) {
+        rc = tls_start(c);
+        if (rc != 0) {
+            net__conn_close(c, rc);
+            return;
+        }
+    }
     conn_process(c); /* starts reading */
 }
 
@@ -826,6 +1139,10 @@ static void on_tick(uv_timer_t *h) {
     struct net_transport *t = h->data;
     uint64_t now = uv_now(t->loop);
     for (struct conn *c = t->conns; c != NULL && !t->closing; c = c->next) {
+        if (c->broken && c->state != NET__CONN_CLOSING) {
+            net__conn_close(c, NET_ECONNLOST);
+            continue;
+        }
         if (c->state == NET__CONN_CLOSING || c->deadline_ms == 0 || now < c->deadline_ms)
             continue;
         if (c->dir == NET__CONN_OUT && c->state == NET__CONN_HANDSHAKE) {
@@ -858,6 +1175,14 @@ int net_transport_new(uv_loop_t *loop, const struct net_options *opt,
     struct net__url lu;
     int rc = net__url_parse(opt->listen_url, &lu);
     if (rc != 0) return rc;
+    if (!lu.literal && strcasecmp(lu.host, "localhost") == 0) {
+        /* etcd binds "localhost" to the IPv4 loopback address. */
+        struct sockaddr_in *sin = (struct sockaddr_in *)&lu.addr;
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sin->sin_port = htons(lu.port);
+        lu.literal = true;
+    }
     if (!lu.literal) return NET_EURL; /* bind to an address, as etcd requires */
     const char *token = opt->cluster_token != NULL ? opt->cluster_token : "";
     if (strlen(token) > NET_TOKEN_MAX) return NET_EINVAL;
@@ -899,6 +1224,17 @@ int net_transport_new(uv_loop_t *loop, const struct net_options *opt,
     t->rng = opt->seed ? opt->seed : opt->id * 0x2545f4914f6cdd1dull;
     t->cb = opt->cb;
     t->data = opt->data;
+    /* Peers may be https whatever this node listens on: a client context
+     * always exists; a server context only for an https listen URL. */
+    rc = net__tls_ctx_new(&opt->tls, false, &t->tls_client, opt->errmsg);
+    if (rc == 0 && lu.tls) rc = net__tls_ctx_new(&opt->tls, true, &t->tls_server, opt->errmsg);
+    if (rc != 0) goto err_free;
+    t->tls_verify_host = !opt->tls.insecure_skip_verify;
+    t->tls_rbuf = malloc(NET__TLS_READ_BYTES);
+    if (t->tls_rbuf == NULL) {
+        rc = NET_ENOMEM;
+        goto err_free;
+    }
 
     rc = uv_tcp_init(loop, &t->listener);
     if (rc != 0) goto err_free;

@@ -2,10 +2,10 @@
  * url.c - peer URLs as etcd writes them ("http://10.0.0.1:2380",
  * "http://[::1]:2380", "http://node1:2380") and socket address names.
  *
- * Only the http scheme is accepted: this transport speaks plain TCP, and a
- * "https://" URL must fail loudly rather than silently go unencrypted. A
- * URL carries exactly a host and a port; paths, user info, queries and IPv6
- * zone ids are refused, so one member has one spelling.
+ * The scheme says whether the peer speaks TLS ("https://") or plain TCP
+ * ("http://"); anything else is refused rather than guessed. A URL carries
+ * exactly a host and a port; paths, user info, queries and IPv6 zone ids
+ * are refused, so one member has one spelling.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -22,11 +22,21 @@ static bool is_name_char(char ch) {
 
 int net__url_parse(const char *url, struct net__url *u) {
     NET__ASSERT(u != NULL);
-    static const char scheme[] = "http://";
-    const size_t scheme_len = sizeof(scheme) - 1;
+    static const char http[] = "http://", https[] = "https://";
     if (url == NULL || strlen(url) > NET_URL_MAX) return NET_EURL;
-    if (strncasecmp(url, scheme, scheme_len) != 0) return NET_EURL;
+    size_t scheme_len;
+    bool tls;
+    if (strncasecmp(url, http, sizeof(http) - 1) == 0) {
+        scheme_len = sizeof(http) - 1;
+        tls = false;
+    } else if (strncasecmp(url, https, sizeof(https) - 1) == 0) {
+        scheme_len = sizeof(https) - 1;
+        tls = true;
+    } else {
+        return NET_EURL;
+    }
     memset(u, 0, sizeof(*u));
+    u->tls = tls;
     const char *p = url + scheme_len;
     const char *host, *host_end;
     bool bracketed = false;

@@ -193,6 +193,8 @@ struct node_cfg {
     bool no_snapshot_dir;
     size_t send_queue_frames_max;
     size_t send_queue_bytes_max;
+    bool https;                          /* listen and advertise https:// */
+    const struct net_tls_options *tls;   /* NULL: none */
 };
 
 static int node_start(struct node *n, uint64_t id, const struct node_cfg *cfg) {
@@ -200,7 +202,8 @@ static int node_start(struct node *n, uint64_t id, const struct node_cfg *cfg) {
     n->id = id;
     char listen[64];
     const char *host = cfg && cfg->host ? cfg->host : "127.0.0.1";
-    snprintf(listen, sizeof(listen), "http://%s:%d", host, cfg ? cfg->port : 0);
+    const char *scheme = cfg && cfg->https ? "https" : "http";
+    snprintf(listen, sizeof(listen), "%s://%s:%d", scheme, host, cfg ? cfg->port : 0);
     if (!(cfg && cfg->no_snapshot_dir)) {
         snprintf(n->snap_dir, sizeof(n->snap_dir), "/tmp/qfs-net-rx-XXXXXX");
         if (mkdtemp(n->snap_dir) == NULL) return -errno;
@@ -222,10 +225,11 @@ static int node_start(struct node *n, uint64_t id, const struct node_cfg *cfg) {
     o.cb.on_snapshot_done = on_snapshot_done;
     o.cb.on_snapshot_abort = on_snapshot_abort;
     o.data = n;
+    if (cfg && cfg->tls) o.tls = *cfg->tls;
     int rc = net_transport_new(&loop, &o, &n->t);
     if (rc != 0) return rc;
     n->port = net_transport_port(n->t);
-    snprintf(n->url, sizeof(n->url), "http://%s:%d", host, n->port);
+    snprintf(n->url, sizeof(n->url), "%s://%s:%d", scheme, host, n->port);
     return 0;
 }
 
@@ -364,7 +368,7 @@ TEST(down_peer_drops_without_growing) {
     ASSERT_EQ(net_transport_add_peer(a.t, 2, url), 0);
     ASSERT_EQ(net_transport_add_peer(a.t, 2, url), NET_EEXIST);
     ASSERT_EQ(net_transport_add_peer(a.t, 1, url), NET_EINVAL);
-    ASSERT_EQ(net_transport_add_peer(a.t, 3, "https://127.0.0.1:1"), NET_EURL);
+    ASSERT_EQ(net_transport_add_peer(a.t, 3, "ftp://127.0.0.1:1"), NET_EURL);
 
     for (uint64_t s = 0; s < 20000; s++) ASSERT_EQ(send_msg(&a, 2, s), NET_EPEERDOWN);
     struct net_peer_info info;
@@ -1087,8 +1091,10 @@ TEST(bad_options_are_refused) {
     o.listen_url = "http://127.0.0.1:0";
     ASSERT_EQ(net_transport_new(&loop, &o, &t), NET_EINVAL); /* id 0 */
     o.id = 1;
-    o.listen_url = "http://localhost:0"; /* listen needs an IP */
+    o.listen_url = "http://example.invalid:0"; /* listen needs an IP or localhost */
     ASSERT_EQ(net_transport_new(&loop, &o, &t), NET_EURL);
+    o.listen_url = "https://127.0.0.1:0"; /* TLS needs a certificate */
+    ASSERT_EQ(net_transport_new(&loop, &o, &t), NET_ETLS);
     o.listen_url = "http://127.0.0.1:0";
     o.frame_bytes_max = 100;
     ASSERT_EQ(net_transport_new(&loop, &o, &t), NET_EINVAL);
@@ -1109,6 +1115,265 @@ TEST(bad_options_are_refused) {
     ASSERT(t == NULL);
     node_cleanup(&a);
     ASSERT_EQ(world_close(), 0);
+}
+
+/* ---- TLS ---- */
+
+/* Certificates made by the openssl command in a temporary directory: CA
+ * "ca" signs a, b (IP SAN 127.0.0.1) and revoked (listed in ca.crl); CA
+ * "other" signs mallory. */
+static char tls_dir[256];
+
+static int tls_fixtures(void) {
+    if (tls_dir[0] != '\0') return 0;
+    snprintf(tls_dir, sizeof(tls_dir), "/tmp/qfs-net-tls-XXXXXX");
+    if (mkdtemp(tls_dir) == NULL) return -errno;
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd),
+             "set -e; cd %s\n"
+             "ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-days 2 -subj /CN=$1 -keyout $1.key -out $1.pem "
+             "-addext basicConstraints=critical,CA:TRUE "
+             "-addext keyUsage=critical,keyCertSign,cRLSign; }\n"
+             "leaf() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-subj /CN=$2 -keyout $2.key -out $2.csr\n"
+             "printf 'extendedKeyUsage=serverAuth,clientAuth\\nsubjectAltName=IP:127.0.0.1\\n' "
+             ">$2.ext\n"
+             "openssl x509 -req -in $2.csr -CA $1.pem -CAkey $1.key -CAcreateserial -days 2 "
+             "-extfile $2.ext -out $2.pem; }\n"
+             "ca ca; ca other; leaf ca a; leaf ca b; leaf ca revoked; leaf other mallory\n"
+             ": >index.txt; echo 1000 >crlnumber\n"
+             "printf '[ca]\\ndefault_ca=c\\n[c]\\ndatabase=index.txt\\ncrlnumber=crlnumber\\n"
+             "default_md=sha256\\ndefault_crl_days=2\\n' >ca.cnf\n"
+             "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -revoke revoked.pem\n"
+             "openssl ca -config ca.cnf -keyfile ca.key -cert ca.pem -gencrl -out ca.crl\n",
+             tls_dir);
+    char full[8400];
+    snprintf(full, sizeof(full), "( %s ) >/dev/null 2>&1", cmd);
+    return system(full) == 0 ? 0 : -1;
+}
+
+struct tls_files {
+    char cert[512], key[512], ca[512], crl[512];
+    struct net_tls_options o;
+};
+
+/* Options presenting NAME's certificate, trusting `ca` (NULL: no CA file). */
+static void tls_opts(struct tls_files *f, const char *name, const char *ca, bool client_auth) {
+    memset(f, 0, sizeof(*f));
+    snprintf(f->cert, sizeof(f->cert), "%s/%s.pem", tls_dir, name);
+    snprintf(f->key, sizeof(f->key), "%s/%s.key", tls_dir, name);
+    f->o.cert_file = f->cert;
+    f->o.key_file = f->key;
+    if (ca != NULL) {
+        snprintf(f->ca, sizeof(f->ca), "%s/%s.pem", tls_dir, ca);
+        f->o.trusted_ca_file = f->ca;
+    }
+    f->o.client_cert_auth = client_auth;
+}
+
+TEST(tls_peers_deliver_messages_and_snapshots) {
+    ASSERT_EQ(tls_fixtures(), 0);
+    world_init();
+    static struct node a, b;
+    struct node *ns[] = {&a, &b};
+    struct tls_files fa, fb;
+    tls_opts(&fa, "a", "ca", true);
+    tls_opts(&fb, "b", "ca", true);
+    struct node_cfg ca = {.https = true, .tls = &fa.o}, cb = {.https = true, .tls = &fb.o};
+    ASSERT_EQ(node_start(&a, 1, &ca), 0);
+    ASSERT_EQ(node_start(&b, 2, &cb), 0);
+    ASSERT(strncmp(a.url, "https://", 8) == 0);
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(all_up(ns, 2), WAIT_MS);
+    ASSERT_EQ(a.hs_errors + b.hs_errors, 0);
+    /* Enough to span many TLS records, in both directions. */
+    const uint64_t count = 3000;
+    for (uint64_t s = 0; s < count; s++) {
+        ASSERT_EQ(send_msg(&a, 2, s), 0);
+        ASSERT_EQ(send_msg(&b, 1, s), 0);
+    }
+    WAIT_UNTIL(b.recv[1] == count && a.recv[2] == count, WAIT_MS);
+    ASSERT_EQ(a.bad_msgs + b.bad_msgs, 0);
+    /* A big frame (several MiB) arrives whole. */
+    size_t big = 5u * 1024u * 1024u;
+    uint8_t *buf = malloc(big);
+    ASSERT(buf != NULL);
+    for (size_t i = 0; i < big; i++) buf[i] = (uint8_t)(i * 7);
+    ASSERT_EQ(net_send(a.t, 2, buf, big), 0);
+    free(buf);
+    struct net_peer_info info;
+    WAIT_UNTIL(net_transport_peer_info(a.t, 2, &info) == 0 && info.queued_frames == 0, WAIT_MS);
+    ASSERT_EQ(info.queued_bytes, 0);
+    /* It is not one of send_msg's: the checker counts it as the one bad message. */
+    WAIT_UNTIL(b.bad_msgs == 1, WAIT_MS);
+
+    /* A snapshot directory over TLS, with Raft traffic beside it. */
+    char src[PATH_MAX];
+    ASSERT_EQ(make_source(src), 0);
+    static struct snap_result res;
+    memset(&res, 0, sizeof(res));
+    ASSERT_EQ(net_send_snapshot(a.t, 2, "meta", 4, src, &res, on_snap_sent), 0);
+    for (uint64_t s = 0; s < 200; s++) ASSERT_EQ(send_msg(&a, 2, count + s), 0);
+    WAIT_UNTIL(res.done, WAIT_MS * 3);
+    ASSERT_EQ(res.status, 0);
+    ASSERT_EQ(b.snaps_done, 1);
+    ASSERT_STR_EQ(b.done_meta, "meta");
+    WAIT_UNTIL(b.recv[1] == count + 200, WAIT_MS);
+    for (size_t i = 0; i < N_SRC; i++) ASSERT_EQ(check_file(b.done_dir, src_files[i].name, i), 0);
+    rm_rf(src);
+    rm_rf(b.done_dir);
+    node_cleanup(&a);
+    node_cleanup(&b);
+    ASSERT_EQ(world_close(), 0);
+}
+
+/* Waits until n reported a handshake error containing `what`. */
+static bool hs_saw(const struct node *n, const char *what) {
+    return n->hs_errors > 0 && strstr(n->hs_reason, what) != NULL;
+}
+
+TEST(tls_peer_from_another_ca_is_refused_and_reported) {
+    ASSERT_EQ(tls_fixtures(), 0);
+    world_init();
+    static struct node a, m;
+    struct node *ns[] = {&a, &m};
+    struct tls_files fa, fm;
+    tls_opts(&fa, "a", "ca", true);
+    tls_opts(&fm, "mallory", "other", true);
+    fm.o.insecure_skip_verify = true; /* mallory trusts anyone: a refuses it anyway */
+    struct node_cfg ca = {.https = true, .tls = &fa.o}, cm = {.https = true, .tls = &fm.o};
+    ASSERT_EQ(node_start(&a, 1, &ca), 0);
+    ASSERT_EQ(node_start(&m, 2, &cm), 0);
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(hs_saw(&a, "certificate verify failed") && m.hs_errors > 0, WAIT_MS);
+    ASSERT(strstr(a.hs_reason, "TLS handshake failed: ") == a.hs_reason);
+    ASSERT(strstr(a.hs_reason, "certificate subject /CN=mallory") != NULL);
+    ASSERT_EQ(a.ups + m.ups, 0);
+    ASSERT_EQ(send_msg(&m, 1, 0), NET_EPEERDOWN);
+    node_cleanup(&a);
+    node_cleanup(&m);
+    ASSERT_EQ(world_close(), 0);
+}
+
+TEST(tls_refuses_missing_revoked_and_plain_peers) {
+    ASSERT_EQ(tls_fixtures(), 0);
+    world_init();
+    static struct node a, r, p;
+    struct tls_files fa, fr;
+    tls_opts(&fa, "a", "ca", true);
+    snprintf(fa.crl, sizeof(fa.crl), "%s/ca.crl", tls_dir);
+    fa.o.crl_file = fa.crl;
+    tls_opts(&fr, "revoked", "ca", false);
+    struct node_cfg ca = {.https = true, .tls = &fa.o}, cr = {.https = true, .tls = &fr.o};
+    ASSERT_EQ(node_start(&a, 1, &ca), 0);
+    ASSERT_EQ(node_start(&r, 2, &cr), 0);
+    struct node *ns[] = {&a, &r};
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(hs_saw(&a, "certificate revoked"), WAIT_MS);
+    ASSERT_EQ(a.ups + r.ups, 0);
+    node_cleanup(&r);
+    a.hs_errors = 0;
+
+    /* A plain TCP peer at the TLS port: refused, and said so. */
+    ASSERT_EQ(node_start(&p, 3, NULL), 0);
+    char aurl[128];
+    snprintf(aurl, sizeof(aurl), "%s", a.url);
+    struct net_member m[] = {{1, aurl}, {3, p.url}};
+    ASSERT_EQ(net_transport_set_members(p.t, m, 2), 0);
+    char plain[128];
+    snprintf(plain, sizeof(plain), "http://%s", a.url + strlen("https://"));
+    ASSERT_EQ(net_transport_add_peer(p.t, 1, plain), 0);
+    /* The TLS side says why; the plain side sees its connection closed. */
+    WAIT_UNTIL(a.hs_errors > 0, WAIT_MS);
+    ASSERT_STR_EQ(a.hs_reason, "TLS handshake failed: wrong version number");
+    ASSERT_EQ(a.hs_peer, 0);
+    ASSERT_EQ(p.ups, 0);
+    node_cleanup(&p);
+
+    /* A TLS peer without a certificate. */
+    static struct node n;
+    struct net_tls_options none = {.insecure_skip_verify = true};
+    struct node_cfg cn = {.tls = &none};
+    a.hs_errors = 0;
+    ASSERT_EQ(node_start(&n, 4, &cn), 0);
+    struct net_member m2[] = {{1, aurl}, {4, n.url}};
+    ASSERT_EQ(net_transport_set_members(n.t, m2, 2), 0);
+    ASSERT_EQ(net_transport_add_peer(n.t, 1, aurl), 0);
+    WAIT_UNTIL(n.hs_errors > 0 && a.hs_errors > 0, WAIT_MS);
+    ASSERT_STR_EQ(a.hs_reason, "TLS handshake failed: peer did not return a certificate");
+    /* TLS 1.3: the dialer learns it from the alert after its own handshake. */
+    ASSERT_STR_EQ(n.hs_reason, "TLS handshake failed: tlsv13 alert certificate required");
+    ASSERT_EQ(n.hs_peer, 1);
+    ASSERT_EQ(n.ups, 0);
+    node_cleanup(&n);
+    node_cleanup(&a);
+    ASSERT_EQ(world_close(), 0);
+}
+
+TEST(tls_self_signed_peers_with_skip_verify) {
+    ASSERT_EQ(tls_fixtures(), 0);
+    world_init();
+    char d1[300], d2[300];
+    snprintf(d1, sizeof(d1), "%s/auto1", tls_dir);
+    snprintf(d2, sizeof(d2), "%s/auto2", tls_dir);
+    char err[NET_ERRMSG_SIZE] = "";
+    ASSERT_EQ(net_tls_self_cert(d1, "127.0.0.1,localhost", err, sizeof(err)), 0);
+    ASSERT_EQ(net_tls_self_cert(d2, "127.0.0.1", err, sizeof(err)), 0);
+    static struct tls_files f1, f2;
+    memset(&f1, 0, sizeof(f1));
+    memset(&f2, 0, sizeof(f2));
+    snprintf(f1.cert, sizeof(f1.cert), "%s/cert.pem", d1);
+    snprintf(f1.key, sizeof(f1.key), "%s/key.pem", d1);
+    snprintf(f2.cert, sizeof(f2.cert), "%s/cert.pem", d2);
+    snprintf(f2.key, sizeof(f2.key), "%s/key.pem", d2);
+    f1.o = (struct net_tls_options){.cert_file = f1.cert, .key_file = f1.key,
+                                    .insecure_skip_verify = true};
+    f2.o = (struct net_tls_options){.cert_file = f2.cert, .key_file = f2.key,
+                                    .insecure_skip_verify = true};
+    static struct node a, b;
+    struct node *ns[] = {&a, &b};
+    struct node_cfg ca = {.https = true, .tls = &f1.o}, cb = {.https = true, .tls = &f2.o};
+    ASSERT_EQ(node_start(&a, 1, &ca), 0);
+    ASSERT_EQ(node_start(&b, 2, &cb), 0);
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(all_up(ns, 2), WAIT_MS);
+    ASSERT_EQ(send_msg(&a, 2, 0), 0);
+    WAIT_UNTIL(b.recv[1] == 1, WAIT_MS);
+    node_cleanup(&a);
+    node_cleanup(&b);
+
+    /* Verifying a self-signed certificate fails: the dialer says so. */
+    f1.o.insecure_skip_verify = false;
+    ASSERT_EQ(node_start(&a, 1, &ca), 0);
+    ASSERT_EQ(node_start(&b, 2, &cb), 0);
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(hs_saw(&a, "self-signed certificate"), WAIT_MS);
+    ASSERT_EQ(a.hs_peer, 2);
+    node_cleanup(&a);
+    node_cleanup(&b);
+    ASSERT_EQ(world_close(), 0);
+}
+
+TEST(localhost_listen_binds_loopback) {
+    world_init();
+    static struct node a, b;
+    struct node *ns[] = {&a, &b};
+    struct node_cfg c = {.host = "localhost"};
+    ASSERT_EQ(node_start(&a, 1, &c), 0);
+    ASSERT_EQ(node_start(&b, 2, &c), 0);
+    ASSERT(strncmp(a.url, "http://localhost:", 17) == 0);
+    /* Peer URLs with a name are resolved at every dial. */
+    ASSERT_EQ(cluster_mesh(ns, 2), 0);
+    WAIT_UNTIL(all_up(ns, 2), WAIT_MS);
+    node_cleanup(&a);
+    node_cleanup(&b);
+    ASSERT_EQ(world_close(), 0);
+}
+
+TEST(tls_cleanup_fixtures) {
+    if (tls_dir[0] != '\0') rm_rf(tls_dir);
+    tls_dir[0] = '\0';
 }
 
 int main(int argc, char **argv) { return harness_main(argc, argv); }

@@ -1,6 +1,6 @@
 /*
  * test_net_url.c - peer URL parsing: the spellings etcd operators write are
- * accepted (IPv4, [IPv6], host names, a trailing "/"), everything else is
+ * accepted (http and https, IPv4, [IPv6], host names, a trailing "/"), everything else is
  * NET_EURL rather than a guess.
  */
 #include <arpa/inet.h>
@@ -27,6 +27,17 @@ TEST(accepts_ipv4_ipv6_and_names) {
 
     ASSERT_EQ(net__url_parse("HTTP://[fd00::2]:65535/", &u), 0);
     ASSERT_EQ(u.port, 65535);
+    ASSERT(!u.tls);
+
+    /* https:// says the peer speaks TLS; the rest parses the same. */
+    ASSERT_EQ(net__url_parse("https://127.0.0.1:2380", &u), 0);
+    ASSERT(u.tls);
+    ASSERT(u.literal);
+    ASSERT_EQ(u.port, 2380);
+    ASSERT_EQ(net__url_parse("HTTPS://localhost:2380/", &u), 0);
+    ASSERT(u.tls);
+    ASSERT(!u.literal);
+    ASSERT_STR_EQ(u.host, "localhost");
 
     ASSERT_EQ(net__url_parse("http://node-1.example.com:2380", &u), 0);
     ASSERT(!u.literal);
@@ -46,7 +57,8 @@ TEST(refuses_everything_else) {
     static const char *bad[] = {
         "",
         "127.0.0.1:2380",           /* no scheme */
-        "https://127.0.0.1:2380",   /* TLS is not implemented: fail loudly */
+        "ftp://127.0.0.1:2380",
+        "httpss://127.0.0.1:2380",
         "unix:///tmp/s",
         "http://127.0.0.1",         /* no port */
         "http://127.0.0.1:",
