@@ -144,6 +144,20 @@ struct api_options {
      * api_server_new(). */
     const char *cert_file;
     const char *key_file;
+    /* Client certificates on https:// listeners. client_cert_auth: every
+     * client must present a certificate that verifies against
+     * trusted_ca_file (NULL: the system's CAs), or the TLS handshake fails;
+     * the verified certificate's subject CN is then available to the
+     * backend (api_call_peer_cn()). client_crl_file (PEM, may be NULL): a
+     * revoked certificate fails. (etcd also turns client_cert_auth on when
+     * only --trusted-ca-file is given; that rule is the caller's.)
+     * Borrowed during api_server_new(). */
+    bool client_cert_auth;
+    const char *trusted_ca_file;
+    const char *client_crl_file;
+    /* OpenSSL cipher list for TLS 1.2 (etcd's --cipher-suites, mapped by
+     * the caller); NULL or "": OpenSSL's default. TLS 1.3 is unaffected. */
+    const char *cipher_list;
     /* etcd's --max-request-bytes. A request message larger than this plus
      * API_GRPC_OVERHEAD_BYTES gets RESOURCE_EXHAUSTED. 0: default. */
     size_t max_request_bytes;
@@ -321,6 +335,18 @@ int api_text_printf(struct api_text *out, const char *fmt, ...)
 
 /* True while the client still waits for the answer to `call`. */
 bool api_call_alive(const struct api_call *call);
+
+/*
+ * The subject common name of the client certificate the TLS handshake of
+ * the call's connection verified (client_cert_auth), or NULL when there was
+ * none (plaintext, no client_cert_auth, no CN, or a CN with a NUL byte).
+ * This is who etcd takes the caller to be when auth is on and no token is
+ * given. The string is UTF-8, NUL-terminated, and valid until the call is
+ * answered (a stream's: until api_stream_close()), even after the client
+ * went away.
+ */
+const char *api_call_peer_cn(const struct api_call *call);
+const char *api_stream_peer_cn(const struct api_stream *stream);
 
 /*
  * Queues one response message on a stream. Returns 0; API_ECLOSED (the

@@ -344,8 +344,16 @@ enum api__call_kind {
     API__CALL_HEALTH = 2,
 };
 
+/* The verified client certificate's CN, shared by a connection and its
+ * calls (which may outlive it); freed with the last reference. */
+struct api__peer_cn {
+    unsigned refs; /* the connection's and each call's */
+    char cn[];     /* UTF-8, NUL-terminated */
+};
+
 struct api_call {
     struct api__conn *conn;         /* NULL once detached from its connection */
+    struct api__peer_cn *peer_cn;   /* a reference, or NULL: see api_call_peer_cn() */
     enum api__call_kind kind;
     const struct api__method *m;    /* NULL until :path matched */
     int32_t stream_id;
@@ -406,6 +414,7 @@ struct api__conn {
     SSL *ssl;                       /* NULL for plaintext */
     BIO *rbio, *wbio;               /* owned by ssl */
     bool tls_ready;                 /* handshake done */
+    struct api__peer_cn *peer_cn;   /* set once the handshake verified a client CN */
     bool closing;
     bool reading;                   /* uv_read_start active */
     bool in_recv;                   /* inside nghttp2_session_mem_recv */

@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "api/api_int.h"
 
@@ -70,9 +71,16 @@ static void queue_free(struct api_call *call) {
     call->q_bytes = 0;
 }
 
+static void peer_cn_release(struct api__peer_cn *p) {
+    if (p == NULL) return;
+    API__ASSERT(p->refs > 0);
+    if (--p->refs == 0) free(p);
+}
+
 void api__call_maybe_free(struct api_call *call) {
     if (call->transport || call->backend || call->busy > 0) return;
     API__ASSERT(call->conn == NULL);
+    peer_cn_release(call->peer_cn);
     queue_free(call);
     api__grpc_reader_free(&call->rd);
     if (call->req != NULL) protobuf_c_message_free_unpacked(call->req, NULL);
@@ -117,8 +125,11 @@ static void call_unlink(struct api_call *call) {
 }
 
 void api__conn_link_call(struct api__conn *c, struct api_call *call) {
+    API__ASSERT(call->peer_cn == NULL);
     call->conn = c;
     call->transport = true;
+    call->peer_cn = c->peer_cn;
+    if (c->peer_cn != NULL) c->peer_cn->refs++;
     call->next = c->calls;
     if (c->calls != NULL) c->calls->prev = call;
     c->calls = call;
@@ -545,6 +556,16 @@ bool api_call_alive(const struct api_call *call) {
     return !call_gone(call) && !call->finishing;
 }
 
+const char *api_call_peer_cn(const struct api_call *call) {
+    API__ASSERT(call != NULL);
+    return call->peer_cn != NULL ? call->peer_cn->cn : NULL;
+}
+
+const char *api_stream_peer_cn(const struct api_stream *stream) {
+    API__ASSERT(stream != NULL);
+    return api_call_peer_cn(&stream->c);
+}
+
 int api_stream_send(struct api_stream *stream, const ProtobufCMessage *msg) {
     API__ASSERT(stream != NULL && msg != NULL);
     struct api_call *call = &stream->c;
@@ -716,12 +737,8 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
     struct api_stream *st = qfs_calloc(1, sizeof(*st));
     if (st == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     struct api_call *call = &st->c;
-    call->conn = c;
     call->stream_id = frame->hd.stream_id;
-    call->transport = true;
-    call->next = c->calls;
-    if (c->calls != NULL) c->calls->prev = call;
-    c->calls = call;
+    api__conn_link_call(c, call);
     nghttp2_session_set_stream_user_data(h2, frame->hd.stream_id, call);
     return 0;
 }
@@ -969,6 +986,7 @@ static void conn_teardown(struct api__conn *c) {
         api__call_maybe_free(call);
     }
     SSL_free(c->ssl);
+    peer_cn_release(c->peer_cn);
     free(c->out);
     free(c->det_out);
     api__h1_free(c);
@@ -1038,6 +1056,42 @@ static int conn_recv_plain(struct api__conn *c, const uint8_t *p, size_t n) {
     return 0;
 }
 
+/* Keeps the CN of the client certificate the handshake verified. A
+ * certificate is verified only under client_cert_auth; without one, or
+ * without a usable CN, the connection has none. 0, or -1 out of memory. */
+static int conn_take_peer_cn(struct api__conn *c) {
+    X509 *cert = SSL_get0_peer_certificate(c->ssl);
+    if (cert == NULL || SSL_get_verify_result(c->ssl) != X509_V_OK ||
+        (SSL_get_verify_mode(c->ssl) & SSL_VERIFY_PEER) == 0)
+        return 0;
+    X509_NAME *subject = X509_get_subject_name(cert);
+    /* The last CN, as Go's pkix.Name keeps it. */
+    int last = -1;
+    for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) last = i;
+    if (last < 0) return 0;
+    ASN1_STRING *data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, last));
+    unsigned char *utf8 = NULL;
+    int len = ASN1_STRING_to_UTF8(&utf8, data);
+    if (len < 0) {
+        ERR_clear_error();
+        return 0;
+    }
+    int rc = 0;
+    if (memchr(utf8, '\0', (size_t)len) == NULL) {
+        struct api__peer_cn *p = qfs_malloc(sizeof(*p) + (size_t)len + 1);
+        if (p == NULL) {
+            rc = -1;
+        } else {
+            p->refs = 1;
+            memcpy(p->cn, utf8, (size_t)len);
+            p->cn[len] = '\0';
+            c->peer_cn = p;
+        }
+    }
+    OPENSSL_free(utf8);
+    return rc;
+}
+
 static int conn_recv_tls(struct api__conn *c, const uint8_t *p, size_t n) {
     struct api_server *s = c->server;
     if (BIO_write(c->rbio, p, (int)n) != (int)n) goto err_close;
@@ -1052,6 +1106,7 @@ static int conn_recv_tls(struct api__conn *c, const uint8_t *p, size_t n) {
             goto err_close;
         }
         c->tls_ready = true;
+        if (conn_take_peer_cn(c) != 0) goto err_close;
         const unsigned char *alpn = NULL;
         unsigned alpn_len = 0;
         SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);

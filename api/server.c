@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 #include "api/api_int.h"
 
@@ -116,12 +117,48 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* Client certificates: required, verified against the CA file (or the
+ * system's CAs) and, with a CRL file, not revoked. 0, or -1 with why. */
+static int client_verify_setup(SSL_CTX *ctx, const struct api_options *o, char *why,
+                               size_t why_size) {
+    if (o->trusted_ca_file != NULL) {
+        if (SSL_CTX_load_verify_locations(ctx, o->trusted_ca_file, NULL) != 1) {
+            snprintf(why, why_size, "cannot load CA certificates %s", o->trusted_ca_file);
+            return -1;
+        }
+        /* The CA names a client may pick its certificate by. */
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->trusted_ca_file);
+        if (names != NULL) SSL_CTX_set_client_CA_list(ctx, names);
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(why, why_size, "cannot load the system's CA certificates");
+        return -1;
+    }
+    if (o->client_crl_file != NULL) {
+        X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+        X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+        if (lookup == NULL ||
+            X509_load_crl_file(lookup, o->client_crl_file, X509_FILETYPE_PEM) <= 0) {
+            snprintf(why, why_size, "cannot load certificate revocation list %s",
+                     o->client_crl_file);
+            return -1;
+        }
+        X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    return 0;
+}
+
 static int tls_ctx_new(const struct api_options *o, SSL_CTX **out) {
     char why[160] = "";
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) goto err_ssl;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (o->cipher_list != NULL && o->cipher_list[0] != '\0' &&
+        SSL_CTX_set_cipher_list(ctx, o->cipher_list) != 1) {
+        snprintf(why, sizeof(why), "no cipher of \"%.60s\" is available", o->cipher_list);
+        goto err_ctx;
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1) {
         snprintf(why, sizeof(why), "cannot load certificate %s", o->cert_file);
         goto err_ctx;
@@ -134,6 +171,7 @@ static int tls_ctx_new(const struct api_options *o, SSL_CTX **out) {
         snprintf(why, sizeof(why), "private key does not match the certificate");
         goto err_ctx;
     }
+    if (o->client_cert_auth && client_verify_setup(ctx, o, why, sizeof(why)) != 0) goto err_ctx;
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     *out = ctx;
     return 0;
