@@ -68,6 +68,7 @@ struct store__iter {
     int cf;
     uint64_t seq;
     bool valid;
+    int status; /* 0, or STORE_ENOMEM once a position could not be copied */
     struct store__buf key;
     struct store__buf val;
 };
@@ -117,15 +118,17 @@ static const struct mver *visible(const struct ment *e, uint64_t seq) {
     return NULL;
 }
 
-static void live_add(struct store_memdb *m, uint64_t seq) {
+/* Registers a reader at seq; STORE_ENOMEM leaves m unchanged. */
+static int live_add(struct store_memdb *m, uint64_t seq) {
     if (m->n_live == m->cap_live) {
         size_t cap = m->cap_live ? m->cap_live * 2 : 16;
         uint64_t *p = qfs_realloc(m->live, cap * sizeof(*p));
-        STORE_ASSERT(p != NULL); /* test-only backend */
+        if (p == NULL) return STORE_ENOMEM;
         m->live = p;
         m->cap_live = cap;
     }
     m->live[m->n_live++] = seq;
+    return 0;
 }
 
 static void live_del(struct store_memdb *m, uint64_t seq) {
@@ -336,8 +339,12 @@ static int mem_snap_new(struct store__backend *b, struct store__snap **out) {
     if (s == NULL) return STORE_ENOMEM;
     pthread_mutex_lock(&m->mu);
     s->seq = m->seq;
-    live_add(m, s->seq);
+    int rc = live_add(m, s->seq);
     pthread_mutex_unlock(&m->mu);
+    if (rc != 0) {
+        free(s);
+        return rc;
+    }
     *out = s;
     return 0;
 }
@@ -361,8 +368,12 @@ static int mem_iter_new(struct store__backend *b, const struct store__snap *snap
     it->cf = cf;
     pthread_mutex_lock(&m->mu);
     it->seq = snap ? snap->seq : m->seq;
-    live_add(m, it->seq);
+    int rc = live_add(m, it->seq);
     pthread_mutex_unlock(&m->mu);
+    if (rc != 0) {
+        free(it);
+        return rc;
+    }
     *out = it;
     return 0;
 }
@@ -388,15 +399,20 @@ static void iter_settle(struct store__iter *it, const void *k, size_t klen, bool
         if (v == NULL) continue;
         it->key.len = 0;
         it->val.len = 0;
-        /* Out of memory in the test backend is a test failure. */
-        STORE_ASSERT(store__buf_append(&it->key, c->e[i].key, c->e[i].klen) == 0);
-        STORE_ASSERT(store__buf_append(&it->val, v->val, v->len) == 0);
+        /* Out of memory ends the iteration with an error status, as an
+         * I/O error ends a RocksDB iterator. */
+        if (store__buf_append(&it->key, c->e[i].key, c->e[i].klen) != 0 ||
+            store__buf_append(&it->val, v->val, v->len) != 0) {
+            it->status = STORE_ENOMEM;
+            return;
+        }
         it->valid = true;
         return;
     }
 }
 
 static void mem_iter_seek(struct store__iter *it, const void *k, size_t klen) {
+    it->status = 0; /* a seek starts afresh, as in RocksDB */
     pthread_mutex_lock(&it->m->mu);
     iter_settle(it, k, klen, false);
     pthread_mutex_unlock(&it->m->mu);
@@ -429,8 +445,7 @@ static const void *mem_iter_value(struct store__iter *it, size_t *len) {
 }
 
 static int mem_iter_status(struct store__iter *it) {
-    (void)it;
-    return 0;
+    return it->status;
 }
 
 static int mem_batch_new(struct store__backend *b, struct store__batch **out) {
@@ -484,6 +499,25 @@ static size_t mem_batch_count(struct store__batch *w) {
     return w->n;
 }
 
+/* Removes every version written at seq, and the keys left without any. */
+static void rollback(struct store_memdb *m, uint64_t seq) {
+    STORE_ASSERT(seq > m->seq);
+    for (int c = 0; c < STORE__CF_COUNT; c++) {
+        struct mcf *cf = &m->cf[c];
+        size_t out = 0;
+        for (size_t i = 0; i < cf->n; i++) {
+            struct ment *e = &cf->e[i];
+            while (e->nv > 0 && e->v[e->nv - 1].seq == seq) free(e->v[--e->nv].val);
+            if (e->nv == 0) {
+                ent_free(e);
+                continue;
+            }
+            cf->e[out++] = *e;
+        }
+        cf->n = out;
+    }
+}
+
 static int mem_batch_commit(struct store__backend *b, struct store__batch *w, bool sync) {
     struct store_memdb *m = ((struct memb *)b)->m;
     int rc = 0;
@@ -507,9 +541,13 @@ static int mem_batch_commit(struct store__backend *b, struct store__batch *w, bo
                     rc = ent_add_version(&c->e[j], seq, true, NULL, 0);
         }
     }
-    /* A test backend out of memory halfway through a commit cannot undo it;
-     * it is a broken test, not a recoverable state. */
-    STORE_ASSERT(rc == 0);
+    if (rc != 0) {
+        /* Out of memory halfway: undo, so that the commit is all or nothing
+         * as RocksDB's. Readers never saw seq (m->seq still precedes it). */
+        rollback(m, seq);
+        pthread_mutex_unlock(&m->mu);
+        return rc;
+    }
     m->seq = seq;
     m->writes++;
     if (sync) m->durable_seq = seq;

@@ -1286,6 +1286,9 @@ static int apply_compact(struct apply *a, int64_t rev) {
             break;
         }
         ops->iter_next(hit);
+        /* The next seek resets the iterator's status: an error here must
+         * stop the compaction now, or the superseded version would stay. */
+        if (!ops->iter_valid(hit) && (rc = ops->iter_status(hit)) != 0) break;
         if (ops->iter_valid(hit)) {
             hk = ops->iter_key(hit, &hkl);
             if (hkl == esc_len + STORE__HIST_SUFFIX && memcmp(hk, seek.p, esc_len) == 0) {
