@@ -239,7 +239,7 @@ struct fs {
      * are acknowledged without proposing (fs__is_replay). */
     atomic_int replay_tid;     /* 0 = none */
     pthread_t replay_thread;
-    int replay_started;
+    atomic_int replay_started; /* the inval thread reads it while fs_run sets/clears it */
     pthread_cond_t rp_cond;                   /* with q_lock */
     struct queue_item *rp_head, *rp_tail;     /* q_lock */
     size_t rp_len;                            /* q_lock */
