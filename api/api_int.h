@@ -101,6 +101,10 @@ int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data
  * out of memory. Free with protobuf_c_message_free_unpacked(m, NULL). */
 ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc,
                                     const uint8_t *data, size_t len);
+/* The same, telling why it returned NULL: *err = API_EMALFORMED or
+ * API_ENOMEM (a server error, not the client's). */
+ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc,
+                                        const uint8_t *data, size_t len, int *err);
 
 /* Percent-encodes a grpc-message value (gRPC HTTP/2 protocol spec: bytes
  * outside 0x20..0x7E and '%' become %XX, upper-case hex). At most

@@ -209,6 +209,7 @@ static int out_submit(struct api__conn *c) {
 #define DETACHED_OUT_MAX (4u * 1024u * 1024u)
 
 static int out_append_detached(struct api__conn *c, const uint8_t *p, size_t n) {
+    if (n == 0) return 0; /* p may be NULL then (an empty body) */
     if (n > DETACHED_OUT_MAX - c->det_len) return 0;
     if (c->det_len + n > c->det_cap) {
         size_t cap = c->det_cap ? c->det_cap : 4096;
@@ -262,7 +263,12 @@ static int out_plain(struct api__conn *c, const uint8_t *p, size_t n);
 int api__conn_write(struct api__conn *c, const void *p, size_t n) {
     if (c->closing) return API_ECLOSED;
     conn_mark_dirty(c);
-    return out_plain(c, p, n);
+    int rc = out_plain(c, p, n);
+    /* Bytes lost in the middle of the output (out of memory): what would
+     * follow is garbage to the client - a body without its head - so the
+     * connection ends here, as api__conn_flush ends an HTTP/2 one. */
+    if (rc != 0) api__conn_close(c);
+    return rc;
 }
 
 static int out_plain(struct api__conn *c, const uint8_t *p, size_t n) {
@@ -629,7 +635,13 @@ static int on_message(void *arg, const uint8_t *data, size_t len) {
         return 1;
     }
     if (m->kind == API__BIDI_STREAM && !call->backend) return 0; /* backend closed it */
-    ProtobufCMessage *msg = api__proto_unpack(m->req, data, len);
+    int err;
+    ProtobufCMessage *msg = api__proto_unpack_err(m->req, data, len, &err);
+    if (msg == NULL && err == API_ENOMEM) {
+        call_fail(call, API_GRPC_RESOURCE_EXHAUSTED, "grpc: out of memory unmarshalling %s",
+                  m->req->name);
+        return 1;
+    }
     if (msg == NULL) {
         call_fail(call, API_GRPC_INTERNAL, "grpc: error unmarshalling request: malformed %s",
                   m->req->name);

@@ -271,8 +271,9 @@ int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data
 }
 
 static void *proto_alloc(void *data, size_t size) {
-    (void)data;
-    return qfs_malloc(size);
+    void *p = qfs_malloc(size);
+    if (p == NULL) *(bool *)data = true;
+    return p;
 }
 
 static void proto_free(void *data, void *p) {
@@ -280,16 +281,27 @@ static void proto_free(void *data, void *p) {
     free(p);
 }
 
-/* protobuf-c's allocator for what api/ unpacks: qfs_malloc, so that the
- * allocation tests reach unpacking too. Its free is free(), which lets the
- * messages be released with protobuf_c_message_free_unpacked(m, NULL). */
-static ProtobufCAllocator proto_allocator = {proto_alloc, proto_free, NULL};
+ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc,
+                                        const uint8_t *data, size_t len, int *err) {
+    static const uint8_t empty[1];
+    API__ASSERT(err != NULL);
+    *err = API_EMALFORMED;
+    if (api__proto_check(desc, data, len, API__PROTO_DEPTH_MAX) != 0) return NULL;
+    /* protobuf-c allocates through qfs_malloc, so that the allocation tests
+     * reach unpacking too, and says only NULL: the flag tells out of memory
+     * from malformed input. Its free is free(), which lets the messages be
+     * released with protobuf_c_message_free_unpacked(m, NULL). */
+    bool out_of_memory = false;
+    ProtobufCAllocator a = {proto_alloc, proto_free, &out_of_memory};
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &a, len, len ? data : empty);
+    if (m == NULL && out_of_memory) *err = API_ENOMEM;
+    return m;
+}
 
 ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc,
                                     const uint8_t *data, size_t len) {
-    static const uint8_t empty[1];
-    if (api__proto_check(desc, data, len, API__PROTO_DEPTH_MAX) != 0) return NULL;
-    return protobuf_c_message_unpack(desc, &proto_allocator, len, len ? data : empty);
+    int err;
+    return api__proto_unpack_err(desc, data, len, &err);
 }
 
 /* ---- trailers ---------------------------------------------------------------- */

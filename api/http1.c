@@ -700,10 +700,14 @@ static ProtobufCMessage *decode(struct api_server *s, const ProtobufCMessageDesc
     if (*rc == 0) {
         static const uint8_t none[1];
         const uint8_t *w = wire.len ? wire.p : none;
+        int uerr = API_EMALFORMED;
         if (api__proto_check(d, w, wire.len, API__PROTO_DEPTH_MAX) != 0 ||
-            (msg = api__proto_unpack(d, w, wire.len)) == NULL) {
-            *rc = API_EMALFORMED;
-            snprintf(err, err_size, "proto: cannot parse the converted %s", d->name);
+            (msg = api__proto_unpack_err(d, w, wire.len, &uerr)) == NULL) {
+            *rc = uerr;
+            if (uerr == API_ENOMEM)
+                snprintf(err, err_size, "out of memory");
+            else
+                snprintf(err, err_size, "proto: cannot parse the converted %s", d->name);
         }
     }
     api__buf_free(&wire);
@@ -840,7 +844,10 @@ static void serve_version(struct api__conn *c) {
     api__buf_str(&b, ",\"etcdcluster\":");
     api__json_string(&b, s->version_cluster, strlen(s->version_cluster));
     api__buf_str(&b, "}");
-    respond(c, 200, "application/json", b.p, b.len);
+    if (b.failed == 0)
+        respond(c, 200, "application/json", b.p, b.len);
+    else
+        respond_text(c, 500, "out of memory\n"); /* never a 200 with a cut body */
     api__buf_free(&b);
 }
 
@@ -929,7 +936,8 @@ static int step(struct api__conn *c) {
                 h->in.len - h->head_len - used);
         h->in.len -= used;
         if (rc < 0) {
-            respond_fatal(c, rc == API_ETOOBIG ? 413 : 400);
+            /* Out of memory is ours, not the client's: not a 4xx. */
+            respond_fatal(c, rc == API_ETOOBIG ? 413 : rc == API_ENOMEM ? 500 : 400);
             return 0;
         }
         if (rc == 0) {
@@ -973,11 +981,14 @@ int api__h1_recv(struct api__conn *c, const uint8_t *p, size_t n) {
         api__buf_init(&h->in, API__H1_HEAD_BYTES_MAX + body_max(c->server) + API__READ_BYTES);
     }
     if (h->close_after) return 0; /* nothing more is read once closing */
-    if (api__buf_add(&h->in, p, n) != 0) {
+    int rc = api__buf_add(&h->in, p, n);
+    if (rc != 0) {
         /* Only a client that ignores our pauses gets here (or a detached
-         * connection fed too much at once). */
+         * connection fed too much at once) - or out of memory, which is a
+         * server error: a 413 would tell the client its request can never
+         * be served. */
         h->in.failed = 0;
-        if (h->active == NULL) respond_fatal(c, 413);
+        if (h->active == NULL) respond_fatal(c, rc == API_ENOMEM ? 500 : 413);
         h->close_after = true;
         return 0;
     }
