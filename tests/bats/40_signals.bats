@@ -292,7 +292,7 @@ queue_to_over() { [ "$(queued_to "$1" "$2")" -gt "$3" ]; }
       # A follower that stalls, then dies: the leader has appends queued
       # in the socket (over STALL_QUEUE_BYTES unread) when the kill resets it.
       kill -STOP "$fpid"
-      wait_until 20 queue_to_over "$leader" "$f" "$STALL_QUEUE_BYTES" ||
+      wait_until 60 queue_to_over "$leader" "$f" "$STALL_QUEUE_BYTES" ||
         { echo "round $r: n$leader queued only $(queued_to "$leader" "$f") bytes to stopped n$f" >&2; false; }
     fi
     qfs_kill "n$f" KILL

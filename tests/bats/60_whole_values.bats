@@ -122,6 +122,8 @@ ectl_local() {
     echo "DELETE /w/cp"
     if command -v rsync >/dev/null; then
       echo "PUT /w/.rsync.TMP 'src-content\\n'"
+      # rsync sets the temp file's mode after closing it: a metadata put.
+      echo "PUT /w/.rsync.TMP 'src-content\\n'"
       echo "PUT /w/rsync 'src-content\\n'"
       echo "DELETE /w/.rsync.TMP"
     fi
