@@ -358,10 +358,11 @@ int net_tls_cipher_list(const char *etcd_names, char *out, size_t out_size, char
 /*
  * etcd's auto TLS: makes sure dir/cert.pem and dir/key.pem exist, creating
  * dir (mode 0700, one level) and a self-signed certificate when either file
- * is missing, as etcd's SelfCert does: organization "etcd", a P-256 key,
+ * is missing (and the directories above it, as mkdir -p), as etcd's SelfCert does: organization "etcd", a P-256 key,
  * valid for one year, usable for server and client authentication, with a
  * subject alternative name per entry of `hosts` (comma-separated IP
- * literals or names; NULL or "" for none). Existing files are kept as they
+ * literals, names, or URLs such as etcd's listen URLs, which name their
+ * host; NULL or "" for none). Existing files are kept as they
  * are. Returns 0, NET_ETLS (errmsg, if not NULL, says why) or -errno.
  * Blocking file I/O: call before the loop runs.
  */

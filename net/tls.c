@@ -254,7 +254,8 @@ static int add_ext(X509 *cert, int nid, const char *value) {
     return ok == 1 ? 0 : -1;
 }
 
-/* "IP:1.2.3.4,DNS:name,..." for the hosts list; 0 or -1 when it does not fit. */
+/* "IP:1.2.3.4,DNS:name,..." for the hosts list (hosts or URLs); 0 or -1
+ * when it does not fit. */
 static int san_value(const char *hosts, char *buf, size_t cap) {
     size_t pos = 0, n = 0;
     buf[0] = '\0';
@@ -263,10 +264,21 @@ static int san_value(const char *hosts, char *buf, size_t cap) {
         const char *e = p;
         while (*e != '\0' && *e != ',') e++;
         size_t len = (size_t)(e - p);
-        if (len > 0 && len < 256) {
-            char host[256];
+        char host[NET_URL_MAX + 1] = "";
+        if (len > 0 && len <= NET_URL_MAX) {
             memcpy(host, p, len);
             host[len] = '\0';
+        }
+        if (strstr(host, "://") != NULL) {
+            /* A URL names its host; one that does not parse (an empty
+             * host: all interfaces) names none. */
+            struct net__url u;
+            if (net__url_parse(host, &u) == 0)
+                snprintf(host, sizeof(host), "%s", u.host);
+            else
+                host[0] = '\0';
+        }
+        if (host[0] != '\0') {
             unsigned char bin[16];
             bool ip = inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1;
             int w = snprintf(buf + pos, cap - pos, "%s%s:%s", pos > 0 ? "," : "",
@@ -309,10 +321,20 @@ int net_tls_self_cert(const char *dir, const char *hosts, char *errmsg, size_t e
         snprintf(key_path, sizeof(key_path), "%s/key.pem", dir) >= (int)sizeof(key_path))
         return -ENAMETOOLONG;
     if (file_exists(cert_path) && file_exists(key_path)) return 0;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        int rc = -errno;
-        errmsgf(errmsg, errmsg_size, "cannot create %.150s: %s", dir, strerror(errno));
-        return rc;
+    /* mkdir -p: etcd's fixtures/client lives in a data dir that may be new. */
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s", dir);
+    for (char *s = path + 1;; s++) {
+        bool end = *s == '\0';
+        if (*s != '/' && !end) continue;
+        *s = '\0';
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+            int rc = -errno;
+            errmsgf(errmsg, errmsg_size, "cannot create %.150s: %s", path, strerror(errno));
+            return rc;
+        }
+        if (end) break;
+        *s = '/';
     }
     if (san_value(hosts, san, sizeof(san)) != 0) {
         errmsgf(errmsg, errmsg_size, "auto TLS: too many hosts for one certificate");

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net/net.h"
 #include "server/server.h"
 
 #define QUORUMFS_VERSION "0.1.0"
@@ -34,6 +35,7 @@ enum flag_kind {
     FLAG_UNSIGNED, /* a decimal number in [min, max] into an unsigned field */
     FLAG_U64,      /* a decimal number in [min, max] into a uint64_t field */
     FLAG_CHOICE,   /* a bool field: false for choices[0], true for choices[1] */
+    FLAG_BOOL,     /* a bool field: true when given, or --flag=true|false as Go parses it */
     FLAG_CLUSTER,  /* --initial-cluster: kept aside, parsed once every flag is read */
     FLAG_HELP,     /* prints the usage; server_config_parse() returns 1 */
     FLAG_VERSION,  /* prints the version; server_config_parse() returns 1 */
@@ -63,6 +65,9 @@ struct flag {
 #define U64(f, lo, hi)                                                            \
     .kind = FLAG_U64, .offset = offsetof(struct server_config, f),               \
     .size = _Generic(CFG_FIELD(f), uint64_t: sizeof(uint64_t)), .min = (lo), .max = (hi)
+#define BOOL(f)                                                                   \
+    .kind = FLAG_BOOL, .offset = offsetof(struct server_config, f),              \
+    .size = _Generic(CFG_FIELD(f), bool: sizeof(bool))
 #define CHOICE(f, off, on)                                                        \
     .kind = FLAG_CHOICE, .offset = offsetof(struct server_config, f),            \
     .size = _Generic(CFG_FIELD(f), bool: sizeof(bool)), .choices = {(off), (on)}
@@ -120,6 +125,31 @@ static const struct flag flags[] = {
     {.name = "cert-file", .arg = "FILE", STRING(cert_file),
      .help = "TLS certificate for client connections"},
     {.name = "key-file", .arg = "FILE", STRING(key_file), .help = "TLS key for client connections"},
+    {.name = "client-cert-auth", BOOL(client_cert_auth),
+     .help = "clients must present a certificate signed by --trusted-ca-file; its CN is the user"},
+    {.name = "trusted-ca-file", .arg = "FILE", STRING(trusted_ca_file),
+     .help = "CA certificates that verify client certificates (implies --client-cert-auth)"},
+    {.name = "client-crl-file", .arg = "FILE", STRING(client_crl_file),
+     .help = "certificate revocation list (PEM): revoked client certificates are refused"},
+    {.name = "auto-tls", BOOL(auto_tls),
+     .help = "https client URLs without --cert-file use a self-signed certificate made in "
+             "DATA-DIR/fixtures/client"},
+    {.name = "cipher-suites", .arg = "NAMES", STRING(cipher_suites),
+     .help = "comma-separated TLS 1.2 cipher suites (Go's names, as etcd), client and peer "
+             "(default: OpenSSL's)"},
+    {.name = "peer-cert-file", .arg = "FILE", STRING(peer_cert_file),
+     .help = "TLS certificate for peer connections (served and presented)"},
+    {.name = "peer-key-file", .arg = "FILE", STRING(peer_key_file),
+     .help = "TLS key for peer connections"},
+    {.name = "peer-trusted-ca-file", .arg = "FILE", STRING(peer_trusted_ca_file),
+     .help = "CA certificates that verify peers (implies --peer-client-cert-auth)"},
+    {.name = "peer-crl-file", .arg = "FILE", STRING(peer_crl_file),
+     .help = "certificate revocation list (PEM): revoked peer certificates are refused"},
+    {.name = "peer-client-cert-auth", BOOL(peer_client_cert_auth),
+     .help = "peers must present a certificate signed by --peer-trusted-ca-file"},
+    {.name = "peer-auto-tls", BOOL(peer_auto_tls),
+     .help = "https peer URLs without --peer-cert-file use a self-signed certificate made in "
+             "DATA-DIR/fixtures/peer (peers' certificates are then not verified)"},
     {.name = "help", .kind = FLAG_HELP, .help = "print this help and exit (also -h)"},
     {.name = "version", .kind = FLAG_VERSION, .help = "print the version and exit"},
 };
@@ -213,6 +243,19 @@ static int flag_set(struct server_config *cfg, const struct flag *f, const char 
         snprintf(err, errlen, "--%s: \"%s\" is not %s or %s", f->name, val, f->choices[0],
                  f->choices[1]);
         return -1;
+    case FLAG_BOOL: {
+        /* Go's strconv.ParseBool, which etcd's flags use. */
+        static const char *const yes[] = {"1", "t", "T", "true", "TRUE", "True"};
+        static const char *const no[] = {"0", "f", "F", "false", "FALSE", "False"};
+        for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+            bool b = strcmp(val, yes[i]) == 0;
+            if (!b && strcmp(val, no[i]) != 0) continue;
+            memcpy(field, &b, sizeof b);
+            return 0;
+        }
+        snprintf(err, errlen, "invalid boolean value \"%s\" for -%s", val, f->name);
+        return -1;
+    }
     case FLAG_CLUSTER:
     case FLAG_HELP:
     case FLAG_VERSION:
@@ -220,6 +263,53 @@ static int flag_set(struct server_config *cfg, const struct flag *f, const char 
     }
     snprintf(err, errlen, "--%s: not a stored flag", f->name);
     return -1;
+}
+
+/* The first https URL of a comma-separated list, into url; false if none. */
+static bool first_https(const char *urls, char *url, size_t cap) {
+    for (const char *p = urls; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        if (n >= 8 && strncmp(p, "https://", 8) == 0) {
+            snprintf(url, cap, "%.*s", (int)n, p);
+            return true;
+        }
+        p += n;
+        if (*p == ',') p++;
+    }
+    return false;
+}
+
+/* etcd's TLS rules that involve several flags; the cipher suites mapped. */
+static int tls_check(struct server_config *cfg, char *err, size_t errlen) {
+    char url[SERVER_URL_MAX];
+    if (net_tls_cipher_list(cfg->cipher_suites, cfg->cipher_list, sizeof cfg->cipher_list, err,
+                            errlen) != 0)
+        return -1;
+    if ((cfg->cert_file[0] == '\0') != (cfg->key_file[0] == '\0')) {
+        snprintf(err, errlen, "--cert-file and --key-file must be given together");
+        return -1;
+    }
+    if ((cfg->peer_cert_file[0] == '\0') != (cfg->peer_key_file[0] == '\0')) {
+        snprintf(err, errlen, "--peer-cert-file and --peer-key-file must be given together");
+        return -1;
+    }
+    if (cfg->cert_file[0] == '\0' && !cfg->auto_tls &&
+        first_https(cfg->listen_client_urls, url, sizeof url)) {
+        snprintf(err, errlen,
+                 "TLS key/cert (--cert-file, --key-file) must be provided for client url %s "
+                 "with HTTPS scheme",
+                 url);
+        return -1;
+    }
+    if (cfg->peer_cert_file[0] == '\0' && !cfg->peer_auto_tls &&
+        first_https(cfg->listen_peer_urls, url, sizeof url)) {
+        snprintf(err, errlen,
+                 "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer "
+                 "url %s with HTTPS scheme",
+                 url);
+        return -1;
+    }
+    return 0;
 }
 
 static const struct flag *flag_find(const char *name) {
@@ -308,7 +398,10 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
             return -1;
         }
         const char *val = NULL;
-        if (f->arg) {
+        if (f->kind == FLAG_BOOL) {
+            /* As Go's flag package: a bare bool flag is true; a value needs "=". */
+            val = eq ? eq + 1 : "true";
+        } else if (f->arg) {
             if (eq) {
                 val = eq + 1;
             } else if (i + 1 < argc) {
@@ -344,6 +437,7 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
         snprintf(err, errlen, "--mount-prefix: \"%s\" must start with '/'", cfg->mount_prefix);
         return -1;
     }
+    if (tls_check(cfg, err, errlen)) return -1;
     if (cfg->initial_advertise_peer_urls[0] == '\0')
         strcpy(cfg->initial_advertise_peer_urls, cfg->listen_peer_urls);
     if (cfg->advertise_client_urls[0] == '\0')

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "net/net.h"
 #include "server/etcd.h"
 #include "server/server.h"
 
@@ -391,7 +392,26 @@ int etcd__start(struct node *n, struct api_server **out) {
         .cert_file = e->cfg->cert_file[0] ? e->cfg->cert_file : NULL,
         .key_file = e->cfg->key_file[0] ? e->cfg->key_file : NULL,
         .max_request_bytes = e->max_request_bytes,
+        /* etcd: a trusted CA file alone also requires client certificates. */
+        .client_cert_auth = e->cfg->client_cert_auth || e->cfg->trusted_ca_file[0],
+        .trusted_ca_file = e->cfg->trusted_ca_file[0] ? e->cfg->trusted_ca_file : NULL,
+        .client_crl_file = e->cfg->client_crl_file[0] ? e->cfg->client_crl_file : NULL,
+        .cipher_list = e->cfg->cipher_list[0] ? e->cfg->cipher_list : NULL,
     };
+    /* etcd's --auto-tls: a self-signed certificate in DATA-DIR/fixtures/client. */
+    char auto_dir[1100], auto_cert[1200], auto_key[1200];
+    if (opt.cert_file == NULL && e->cfg->auto_tls) {
+        snprintf(auto_dir, sizeof auto_dir, "%s/fixtures/client", e->cfg->data_dir);
+        rc = net_tls_self_cert(auto_dir, e->cfg->listen_client_urls, why, sizeof why);
+        if (rc) {
+            fprintf(stderr, "quorumfs: %s\n", why);
+            goto err_services;
+        }
+        snprintf(auto_cert, sizeof auto_cert, "%s/cert.pem", auto_dir);
+        snprintf(auto_key, sizeof auto_key, "%s/key.pem", auto_dir);
+        opt.cert_file = auto_cert;
+        opt.key_file = auto_key;
+    }
     rc = api_server_new(e->loop, &opt, &be, &e->api);
     if (rc) {
         /* The reason, in the words etcd uses ("bind: address already in

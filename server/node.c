@@ -369,6 +369,33 @@ static int open_store(struct node_uv *u) {
     return open_store_at(u, &u->n.store);
 }
 
+/* etcd's peer TLS flags as net/ options. --peer-trusted-ca-file implies
+ * --peer-client-cert-auth, as in etcd; --peer-auto-tls makes a self-signed
+ * certificate in DATA-DIR/fixtures/peer (when no --peer-cert-file) and then
+ * does not verify the peers' ones. The buffers hold the auto-TLS paths. */
+static int peer_tls_options(const struct server_config *cfg, struct net_tls_options *o,
+                            char *dir, char *cert, char *key, char *why) {
+    const char *ca = cfg->peer_trusted_ca_file;
+    o->trusted_ca_file = ca[0] ? ca : NULL;
+    o->crl_file = cfg->peer_crl_file[0] ? cfg->peer_crl_file : NULL;
+    o->client_cert_auth = cfg->peer_client_cert_auth || ca[0];
+    o->cipher_list = cfg->cipher_list[0] ? cfg->cipher_list : NULL;
+    if (cfg->peer_cert_file[0]) {
+        o->cert_file = cfg->peer_cert_file;
+        o->key_file = cfg->peer_key_file;
+        return 0;
+    }
+    if (!cfg->peer_auto_tls) return 0;
+    snprintf(dir, 1100, "%s/fixtures/peer", cfg->data_dir);
+    if (net_tls_self_cert(dir, cfg->listen_peer_urls, why, NET_ERRMSG_SIZE) != 0) return -1;
+    snprintf(cert, 1200, "%s/cert.pem", dir);
+    snprintf(key, 1200, "%s/key.pem", dir);
+    o->cert_file = cert;
+    o->key_file = key;
+    o->insecure_skip_verify = true;
+    return 0;
+}
+
 /* The peer transport: listens on the first --listen-peer-urls URL and dials
  * every other member of --initial-cluster. */
 static int start_net(struct node_uv *u) {
@@ -398,9 +425,15 @@ static int start_net(struct node_uv *u) {
         },
         .data = u,
     };
+    char why[NET_ERRMSG_SIZE] = "", auto_dir[1100], auto_cert[1200], auto_key[1200];
+    opt.errmsg = why;
+    if (peer_tls_options(cfg, &opt.tls, auto_dir, auto_cert, auto_key, why) != 0) {
+        logf_("%s", why);
+        return -1;
+    }
     int rc = net_transport_new(&u->loop, &opt, &u->net);
     if (rc) {
-        logf_("cannot listen for peers on %s: %s", url, net_strerror(rc));
+        logf_("cannot listen for peers on %s: %s", url, why[0] ? why : net_strerror(rc));
         return -1;
     }
     net_set_members(u);

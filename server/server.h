@@ -49,6 +49,18 @@ struct server_config {
     bool mount_linearizable;             /* --mount-consistency=linearizable */
     char cert_file[1024];                /* --cert-file */
     char key_file[1024];                 /* --key-file */
+    bool client_cert_auth;               /* --client-cert-auth */
+    char trusted_ca_file[1024];          /* --trusted-ca-file */
+    char client_crl_file[1024];          /* --client-crl-file */
+    bool auto_tls;                       /* --auto-tls */
+    char cipher_suites[1024];            /* --cipher-suites (etcd's names) */
+    char cipher_list[1024];              /* the same as an OpenSSL cipher list ("" = default) */
+    char peer_cert_file[1024];           /* --peer-cert-file */
+    char peer_key_file[1024];            /* --peer-key-file */
+    char peer_trusted_ca_file[1024];     /* --peer-trusted-ca-file */
+    char peer_crl_file[1024];            /* --peer-crl-file */
+    bool peer_client_cert_auth;          /* --peer-client-cert-auth */
+    bool peer_auto_tls;                  /* --peer-auto-tls */
 };
 
 /*

@@ -104,10 +104,12 @@ TEST(self_cert_is_made_once_and_names_its_hosts) {
     char base[] = "/tmp/qfs-net-selfcert-XXXXXX";
     ASSERT(mkdtemp(base) != NULL);
     char dir[128], cert[160], key[160], err[NET_ERRMSG_SIZE] = "";
-    snprintf(dir, sizeof(dir), "%s/client", base);
+    snprintf(dir, sizeof(dir), "%s/data/fixtures/client", base);
     snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
     snprintf(key, sizeof(key), "%s/key.pem", dir);
-    ASSERT_EQ(net_tls_self_cert(dir, "127.0.0.1,localhost,::1", err, sizeof(err)), 0);
+    ASSERT_EQ(net_tls_self_cert(dir, "https://127.0.0.1:2379,localhost,::1,http://:2379", err,
+                                sizeof(err)),
+              0);
     struct stat st;
     ASSERT_EQ(stat(key, &st), 0);
     ASSERT_EQ(st.st_mode & 0777, 0600);
