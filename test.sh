@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every quorumfs test (Debian 12, as root):
-#   1. installs dependencies (apt-get), builds ./build with warnings as errors
+#   1. installs dependencies (apt-get), builds ./build with warnings as errors, checks
+#      that the C sources are formatted as .clang-format says (scripts/check-format.sh)
 #   2. unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (./build-asan)
 #   3. the fs/, net/, server/ and client/ unit tests under ThreadSanitizer (./build-tsan;
 #      races inside third-party libraries are suppressed in scripts/tsan.supp, each with why)
@@ -33,6 +34,13 @@ bash scripts/deps.sh || { echo "dependency install failed"; exit 1; }
 echo "== build (release, -Werror)"
 if ! bash scripts/build.sh >"$log/build.txt" 2>&1; then
   tail -50 "$log/build.txt"; echo "0 passed, 1 failed"; exit 1
+fi
+
+echo "== formatting (clang-format, .clang-format)"
+if bash scripts/check-format.sh 2>&1 | tee "$log/format.txt"; then
+  passed=$((passed + 1))
+else
+  fail_stage "formatting (fix with: bash scripts/check-format.sh --fix)"
 fi
 
 echo "== build (ASan + UBSan)"

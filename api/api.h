@@ -65,15 +65,15 @@ extern "C" {
 #endif
 
 /* Error codes, in the range reserved for api/ (-1600..-1699). */
-#define API_ERRORS(X)                                                                  \
-    X(API_ENOMEM, -1601, "out of memory")                                              \
-    X(API_EINVAL, -1602, "invalid argument")                                           \
-    X(API_EURL, -1603, "malformed or unsupported listen URL")                          \
-    X(API_ETLS, -1604, "TLS setup failed (certificate, key or library)")               \
-    X(API_ECLOSED, -1605, "the client is gone or the call already ended")              \
-    X(API_EQUEUEFULL, -1606, "stream send queue is full (the client does not read)")   \
-    X(API_ETOOBIG, -1607, "message exceeds a size limit")                              \
-    X(API_ECOMPRESSED, -1608, "compressed gRPC messages are not supported")            \
+#define API_ERRORS(X)                                                                              \
+    X(API_ENOMEM, -1601, "out of memory")                                                          \
+    X(API_EINVAL, -1602, "invalid argument")                                                       \
+    X(API_EURL, -1603, "malformed or unsupported listen URL")                                      \
+    X(API_ETLS, -1604, "TLS setup failed (certificate, key or library)")                           \
+    X(API_ECLOSED, -1605, "the client is gone or the call already ended")                          \
+    X(API_EQUEUEFULL, -1606, "stream send queue is full (the client does not read)")               \
+    X(API_ETOOBIG, -1607, "message exceeds a size limit")                                          \
+    X(API_ECOMPRESSED, -1608, "compressed gRPC messages are not supported")                        \
     X(API_EMALFORMED, -1609, "malformed gRPC frame or protobuf message")
 
 enum api_error {
@@ -208,8 +208,7 @@ struct api_backend {
     void (*delete_range)(void *ctx, struct api_call *call,
                          const Etcdserverpb__DeleteRangeRequest *req);
     void (*txn)(void *ctx, struct api_call *call, const Etcdserverpb__TxnRequest *req);
-    void (*compact)(void *ctx, struct api_call *call,
-                    const Etcdserverpb__CompactionRequest *req);
+    void (*compact)(void *ctx, struct api_call *call, const Etcdserverpb__CompactionRequest *req);
 
     /* etcdserverpb.Watch/Watch (bidirectional stream of WatchResponse). */
     void (*watch_open)(void *ctx, struct api_stream *stream);
@@ -226,16 +225,14 @@ struct api_backend {
     void (*lease_keep_alive_open)(void *ctx, struct api_stream *stream);
     void (*lease_keep_alive_request)(void *ctx, struct api_stream *stream,
                                      const Etcdserverpb__LeaseKeepAliveRequest *req);
-    void (*lease_keep_alive_end)(void *ctx, struct api_stream *stream,
-                                 enum api_stream_event ev);
+    void (*lease_keep_alive_end)(void *ctx, struct api_stream *stream, enum api_stream_event ev);
     void (*lease_time_to_live)(void *ctx, struct api_call *call,
                                const Etcdserverpb__LeaseTimeToLiveRequest *req);
     void (*lease_leases)(void *ctx, struct api_call *call,
                          const Etcdserverpb__LeaseLeasesRequest *req);
 
     /* etcdserverpb.Cluster */
-    void (*member_add)(void *ctx, struct api_call *call,
-                       const Etcdserverpb__MemberAddRequest *req);
+    void (*member_add)(void *ctx, struct api_call *call, const Etcdserverpb__MemberAddRequest *req);
     void (*member_remove)(void *ctx, struct api_call *call,
                           const Etcdserverpb__MemberRemoveRequest *req);
     void (*member_update)(void *ctx, struct api_call *call,

@@ -25,9 +25,9 @@
 #include "api/api.h"
 #include "raft/alloc.h"
 
-#define API__ASSERT(cond)                                                              \
-    do {                                                                               \
-        if (!(cond)) api__assert_fail(#cond, __FILE__, __LINE__);                      \
+#define API__ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) api__assert_fail(#cond, __FILE__, __LINE__);                                  \
     } while (0)
 _Noreturn void api__assert_fail(const char *expr, const char *file, int line);
 
@@ -53,14 +53,14 @@ _Noreturn void api__assert_fail(const char *expr, const char *file, int line);
  * before anything is buffered.
  */
 struct api__grpc_reader {
-    size_t max_bytes;    /* largest message accepted, bytes */
+    size_t max_bytes; /* largest message accepted, bytes */
     uint8_t prefix[API__GRPC_PREFIX_BYTES];
-    size_t prefix_len;   /* prefix bytes received of the current message */
-    size_t body_len;     /* declared size of the current message, bytes */
-    uint8_t *buf;        /* body bytes received so far (when split) */
-    size_t buf_len;      /* bytes in buf */
-    size_t buf_cap;      /* allocated bytes of buf */
-    bool failed;         /* a previous feed failed; further input is ignored */
+    size_t prefix_len; /* prefix bytes received of the current message */
+    size_t body_len;   /* declared size of the current message, bytes */
+    uint8_t *buf;      /* body bytes received so far (when split) */
+    size_t buf_len;    /* bytes in buf */
+    size_t buf_cap;    /* allocated bytes of buf */
+    bool failed;       /* a previous feed failed; further input is ignored */
 };
 
 /* Called per complete message; data is valid during the call only.
@@ -86,25 +86,25 @@ void api__grpc_prefix_write(uint8_t out[API__GRPC_PREFIX_BYTES], uint32_t len);
  * caller frees: `headroom` bytes for the caller, then prefix and message;
  * *out_len counts prefix and message. Returns 0, API_ETOOBIG (over
  * max_bytes or 2^32-1) or API_ENOMEM. */
-int api__grpc_encode(const ProtobufCMessage *msg, size_t max_bytes, size_t headroom,
-                     uint8_t **out, size_t *out_len);
+int api__grpc_encode(const ProtobufCMessage *msg, size_t max_bytes, size_t headroom, uint8_t **out,
+                     size_t *out_len);
 /* Size the current message's prefix declares (0 before the prefix is in). */
 uint32_t api__grpc_reader_declared(const struct api__grpc_reader *r);
 
 /* Checks that `data` is well-formed protobuf wire format for `desc` nested
  * at most depth_max deep (fields of unknown number or of scalar type are
  * skipped, not descended into). Returns 0 or API_EMALFORMED. */
-int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                     size_t len, unsigned depth_max);
+int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                     unsigned depth_max);
 
 /* Unpacks a request after api__proto_check(); NULL on malformed input or
  * out of memory. Free with protobuf_c_message_free_unpacked(m, NULL). */
-ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc,
-                                    const uint8_t *data, size_t len);
+ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                    size_t len);
 /* The same, telling why it returned NULL: *err = API_EMALFORMED or
  * API_ENOMEM (a server error, not the client's). */
-ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc,
-                                        const uint8_t *data, size_t len, int *err);
+ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                        size_t len, int *err);
 
 /* Percent-encodes a grpc-message value (gRPC HTTP/2 protocol spec: bytes
  * outside 0x20..0x7E and '%' become %XX, upper-case hex). At most
@@ -156,9 +156,8 @@ void api__dispatch_unary(const struct api_backend *be, const struct api__method 
 /* Bidirectional streams: open; Snapshot (server stream): its first request. */
 void api__dispatch_stream_open(const struct api_backend *be, const struct api__method *m,
                                struct api_stream *s, const ProtobufCMessage *req);
-void api__dispatch_stream_request(const struct api_backend *be,
-                                  const struct api__method *m, struct api_stream *s,
-                                  const ProtobufCMessage *req);
+void api__dispatch_stream_request(const struct api_backend *be, const struct api__method *m,
+                                  struct api_stream *s, const ProtobufCMessage *req);
 void api__dispatch_stream_end(const struct api_backend *be, const struct api__method *m,
                               struct api_stream *s, enum api_stream_event ev);
 
@@ -237,11 +236,11 @@ struct api__h1_req {
     size_t path_len;               /* its path: up to '?' */
     int minor;                     /* HTTP/1.minor */
     bool keep_alive;
-    bool chunked;                  /* Transfer-Encoding: chunked */
+    bool chunked; /* Transfer-Encoding: chunked */
     bool has_length;
-    uint64_t content_length;       /* bytes, when has_length */
+    uint64_t content_length; /* bytes, when has_length */
     bool expect_continue;
-    int error_status;              /* after a parse error: 400, 431, 501, 505 */
+    int error_status; /* after a parse error: 400, 431, 501, 505 */
 };
 
 /*
@@ -268,17 +267,17 @@ int api__h1_chunked_feed(struct api__h1_chunked *ck, const uint8_t *p, size_t n,
 
 /* The HTTP/1.1 state of a connection. */
 struct api__h1 {
-    struct api__buf in;         /* received bytes not yet consumed */
-    size_t scanned;             /* api__h1_parse_head's search position */
-    size_t head_len;            /* 0 until the current head parsed */
+    struct api__buf in; /* received bytes not yet consumed */
+    size_t scanned;     /* api__h1_parse_head's search position */
+    size_t head_len;    /* 0 until the current head parsed */
     struct api__h1_req req;
     struct api__h1_chunked ck;
-    struct api__buf body;       /* a chunked body, decoded */
-    size_t body_in;             /* input bytes the chunked body consumed */
-    bool continue_sent;         /* "100 Continue" written for this request */
-    struct api_call *active;    /* the request being answered, or NULL */
-    bool close_after;           /* close once the current response is out */
-    bool processing;            /* inside api__h1_pump */
+    struct api__buf body;    /* a chunked body, decoded */
+    size_t body_in;          /* input bytes the chunked body consumed */
+    bool continue_sent;      /* "100 Continue" written for this request */
+    struct api_call *active; /* the request being answered, or NULL */
+    bool close_after;        /* close once the current response is out */
+    bool processing;         /* inside api__h1_pump */
 };
 
 struct api__conn;
@@ -356,39 +355,39 @@ struct api__peer_cn {
 };
 
 struct api_call {
-    struct api__conn *conn;         /* NULL once detached from its connection */
-    struct api__peer_cn *peer_cn;   /* a reference, or NULL: see api_call_peer_cn() */
+    struct api__conn *conn;       /* NULL once detached from its connection */
+    struct api__peer_cn *peer_cn; /* a reference, or NULL: see api_call_peer_cn() */
     enum api__call_kind kind;
-    const struct api__method *m;    /* NULL until :path matched */
+    const struct api__method *m; /* NULL until :path matched */
     int32_t stream_id;
-    bool transport;                 /* the HTTP/2 stream is open */
-    bool backend;                   /* the backend holds the call */
-    unsigned busy;                  /* backend entries running for this call */
-    bool dispatched;                /* the request message was delivered */
-    bool headers_sent;              /* response HEADERS submitted */
-    bool finishing;                 /* status decided; trailers follow the queue */
-    bool half_close_told;           /* API_STREAM_HALF_CLOSED reported */
-    bool cancel_told;               /* API_STREAM_CANCELLED reported */
-    bool drain_wanted;              /* api_stream_send() said API_EQUEUEFULL */
-    bool drain_due;                 /* queue drained: tell the backend */
+    bool transport;       /* the HTTP/2 stream is open */
+    bool backend;         /* the backend holds the call */
+    unsigned busy;        /* backend entries running for this call */
+    bool dispatched;      /* the request message was delivered */
+    bool headers_sent;    /* response HEADERS submitted */
+    bool finishing;       /* status decided; trailers follow the queue */
+    bool half_close_told; /* API_STREAM_HALF_CLOSED reported */
+    bool cancel_told;     /* API_STREAM_CANCELLED reported */
+    bool drain_wanted;    /* api_stream_send() said API_EQUEUEFULL */
+    bool drain_due;       /* queue drained: tell the backend */
     /* Request header facts, valid until the headers are complete. */
     bool is_post;
     bool grpc_content_type;
     size_t header_bytes;
-    char *path;                     /* copy of :path while unmatched */
+    char *path; /* copy of :path while unmatched */
     size_t path_len;
     /* Status for the trailers, once finishing. */
     int code;
-    char *message;                  /* percent-encoded grpc-message or NULL */
+    char *message; /* percent-encoded grpc-message or NULL */
     int http_status;
     /* Outgoing messages. */
     struct api__out_msg *q_head, *q_tail;
     size_t q_bytes;
     /* Incoming messages. */
     struct api__grpc_reader rd;
-    ProtobufCMessage *req;          /* unary: owned until answered */
-    void *user;                     /* api_stream_set_data() */
-    struct api_call *prev, *next;   /* the connection's calls */
+    ProtobufCMessage *req;        /* unary: owned until answered */
+    void *user;                   /* api_stream_set_data() */
+    struct api_call *prev, *next; /* the connection's calls */
 };
 
 /* A stream handle is a call; the distinct type keeps unary and streaming
@@ -408,61 +407,60 @@ struct api__out_chunk {
 struct api__conn {
     struct api_server *server;
     uv_tcp_t tcp;
-    bool detached;                  /* no socket (fuzzing): output is dropped */
-    bool metrics_only;              /* a --listen-metrics-urls listener's */
-    enum api__proto proto;          /* decided by the first bytes or ALPN */
+    bool detached;                        /* no socket (fuzzing): output is dropped */
+    bool metrics_only;                    /* a --listen-metrics-urls listener's */
+    enum api__proto proto;                /* decided by the first bytes or ALPN */
     uint8_t sniff[API__H2_PREFACE_BYTES]; /* first bytes while undecided */
     size_t sniff_len;
-    struct api__h1 h1;              /* proto == API__PROTO_H1 */
-    nghttp2_session *h2;            /* NULL until HTTP/2 is chosen */
-    SSL *ssl;                       /* NULL for plaintext */
-    BIO *rbio, *wbio;               /* owned by ssl */
-    bool tls_ready;                 /* handshake done */
-    struct api__peer_cn *peer_cn;   /* set once the handshake verified a client CN */
+    struct api__h1 h1;            /* proto == API__PROTO_H1 */
+    nghttp2_session *h2;          /* NULL until HTTP/2 is chosen */
+    SSL *ssl;                     /* NULL for plaintext */
+    BIO *rbio, *wbio;             /* owned by ssl */
+    bool tls_ready;               /* handshake done */
+    struct api__peer_cn *peer_cn; /* set once the handshake verified a client CN */
     bool closing;
-    bool reading;                   /* uv_read_start active */
-    bool in_recv;                   /* inside nghttp2_session_mem_recv */
-    bool dirty;                     /* on server->dirty */
+    bool reading; /* uv_read_start active */
+    bool in_recv; /* inside nghttp2_session_mem_recv */
+    bool dirty;   /* on server->dirty */
     struct api__conn *dirty_next;
-    struct api__conn *prev, *next;  /* server->conns (while not closing) */
-    struct api_call *calls;         /* calls whose HTTP/2 stream is open */
-    size_t write_bytes;             /* handed to uv_write, not yet written */
-    size_t recv_buffered;           /* heap bytes in the calls' readers */
-    uint8_t *det_out;               /* detached: output kept for the test */
+    struct api__conn *prev, *next; /* server->conns (while not closing) */
+    struct api_call *calls;        /* calls whose HTTP/2 stream is open */
+    size_t write_bytes;            /* handed to uv_write, not yet written */
+    size_t recv_buffered;          /* heap bytes in the calls' readers */
+    uint8_t *det_out;              /* detached: output kept for the test */
     size_t det_len, det_cap;
-    unsigned drain_due;             /* calls with drain_due set */
-    struct api__out_chunk *out;          /* chunk being filled */
+    unsigned drain_due;         /* calls with drain_due set */
+    struct api__out_chunk *out; /* chunk being filled */
 };
-
 
 struct api__listener {
     uv_tcp_t tcp;
     struct api_server *server;
-    bool tls;       /* https:// */
+    bool tls;          /* https:// */
     bool metrics_only; /* --listen-metrics-urls: /metrics and /health only */
-    int port;       /* bound port */
-    bool open;      /* handle initialised and not yet closed */
+    int port;          /* bound port */
+    bool open;         /* handle initialised and not yet closed */
 };
 
 struct api_server {
     uv_loop_t *loop;
     struct api_backend be;
-    uv_thread_t thread;            /* the loop's thread, for assertions */
-    size_t max_recv_bytes;         /* request message limit, bytes */
-    size_t max_send_bytes;         /* response message limit, bytes */
-    uint32_t max_streams;          /* per connection */
+    uv_thread_t thread;    /* the loop's thread, for assertions */
+    size_t max_recv_bytes; /* request message limit, bytes */
+    size_t max_send_bytes; /* response message limit, bytes */
+    uint32_t max_streams;  /* per connection */
     uint32_t max_conns;
-    size_t stream_queue_max;       /* per-stream send queue limit, bytes */
-    SSL_CTX *tls;                  /* NULL without cert/key */
+    size_t stream_queue_max; /* per-stream send queue limit, bytes */
+    SSL_CTX *tls;            /* NULL without cert/key */
     struct api__listener listeners[API_LISTENERS_MAX];
     unsigned n_listeners;
-    struct api__conn *conns;       /* doubly linked list of open connections */
+    struct api__conn *conns; /* doubly linked list of open connections */
     unsigned n_conns;
-    struct api__conn *dirty;       /* connections with output to flush */
-    uv_idle_t flush_idle;          /* flushes `dirty` before the loop blocks */
+    struct api__conn *dirty; /* connections with output to flush */
+    uv_idle_t flush_idle;    /* flushes `dirty` before the loop blocks */
     bool idle_open;
     bool closing;
-    unsigned handles_open;         /* libuv handles not yet closed */
+    unsigned handles_open; /* libuv handles not yet closed */
     void (*close_cb)(void *data);
     void *close_data;
     /* Reads are handled to completion inside the read callback, so one
@@ -472,7 +470,7 @@ struct api_server {
      * and started, per method. */
     uint64_t handled[API__METHODS_MAX][API_GRPC_UNAUTHENTICATED + 1];
     uint64_t started[API__METHODS_MAX];
-    const char *version_server;    /* /version, static or the options' */
+    const char *version_server; /* /version, static or the options' */
     const char *version_cluster;
     char version_buf[2][32];
     uint8_t plain_buf[API__TLS_PLAIN_BYTES];

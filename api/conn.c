@@ -386,8 +386,8 @@ static ssize_t data_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
             nva[nn++] = (nghttp2_nv){(uint8_t *)"grpc-status", (uint8_t *)status, 11, slen,
                                      NGHTTP2_NV_FLAG_NONE};
             if (call->message != NULL)
-                nva[nn++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->message,
-                                         12, strlen(call->message), NGHTTP2_NV_FLAG_NONE};
+                nva[nn++] = (nghttp2_nv){(uint8_t *)"grpc-message", (uint8_t *)call->message, 12,
+                                         strlen(call->message), NGHTTP2_NV_FLAG_NONE};
             *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
             if (nghttp2_submit_trailer(h2, stream_id, nva, nn) != 0)
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -402,8 +402,7 @@ static int call_send_headers(struct api_call *call) {
     if (call->headers_sent) return 0;
     nghttp2_nv nva[] = {
         {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16,
-         NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, NGHTTP2_NV_FLAG_NONE},
     };
     nghttp2_data_provider prov = {.source.ptr = call, .read_callback = data_read};
     if (nghttp2_submit_response(call->conn->h2, call->stream_id, nva, 2, &prov) != 0)
@@ -469,8 +468,7 @@ static void call_finish(struct api_call *call, int code, const char *message) {
              call->message ? strlen(call->message) : 0, NGHTTP2_NV_FLAG_NONE},
         };
         call->headers_sent = true;
-        if (nghttp2_submit_response(c->h2, call->stream_id, nva, call->message ? 4 : 3,
-                                    NULL) != 0)
+        if (nghttp2_submit_response(c->h2, call->stream_id, nva, call->message ? 4 : 3, NULL) != 0)
             nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, call->stream_id,
                                       NGHTTP2_INTERNAL_ERROR);
     }
@@ -516,8 +514,7 @@ static int call_answer(struct api_call *call, const ProtobufCMessage *msg, int c
         if (rc == API_ETOOBIG) {
             char why[128];
             snprintf(why, sizeof(why), "grpc: trying to send message larger than max (%zu vs. %zu)",
-                     protobuf_c_message_get_packed_size(msg),
-                     call->conn->server->max_send_bytes);
+                     protobuf_c_message_get_packed_size(msg), call->conn->server->max_send_bytes);
             call_finish(call, API_GRPC_RESOURCE_EXHAUSTED, why);
             return rc;
         }
@@ -692,16 +689,14 @@ static void call_start(struct api_call *call) {
         return;
     }
     if (call->m == NULL) {
-        api__method_unknown_message(call->path ? call->path : "", call->path_len, msg,
-                                    sizeof(msg));
+        api__method_unknown_message(call->path ? call->path : "", call->path_len, msg, sizeof(msg));
         call_fail(call, API_GRPC_UNIMPLEMENTED, "%s", msg);
         return;
     }
     free(call->path);
     call->path = NULL;
     if (!api__method_routed(&s->be, call->m)) {
-        call_fail(call, API_GRPC_UNIMPLEMENTED, "method %s is not implemented",
-                  call->m->path + 1);
+        call_fail(call, API_GRPC_UNIMPLEMENTED, "method %s is not implemented", call->m->path + 1);
         return;
     }
     api__grpc_reader_init(&call->rd, s->max_recv_bytes);
@@ -743,8 +738,7 @@ static struct api_call *stream_call(nghttp2_session *h2, int32_t stream_id) {
 
 static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
     struct api__conn *c = user;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     if (c->closing) return NGHTTP2_ERR_CALLBACK_FAILURE;
     struct api_stream *st = qfs_calloc(1, sizeof(*st));
     if (st == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -765,8 +759,7 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
                      void *user) {
     (void)flags;
     (void)user;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     struct api_call *call = stream_call(h2, frame->hd.stream_id);
     if (call == NULL) return 0;
     /* RFC 7541 section 4.1 size accounting: 32 bytes overhead per field. */
@@ -807,8 +800,8 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
     return c->closing ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
-static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id,
-                         const uint8_t *data, size_t len, void *user) {
+static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *user) {
     (void)flags;
     struct api__conn *c = user;
     struct api_call *call = stream_call(h2, stream_id);
@@ -855,8 +848,7 @@ static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *
     /* Our side ended before the client's: tell it to stop sending (gRPC
      * servers reset with NO_ERROR after the trailers). */
     if (nghttp2_session_get_stream_remote_close(h2, frame->hd.stream_id) == 0)
-        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                  NGHTTP2_NO_ERROR);
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
     return 0;
 }
 

@@ -30,8 +30,8 @@ const char *api_strerror(int rc) {
     switch (rc) {
     case 0:
         return "success";
-#define API__ERR_CASE(name, value, text)                                               \
-    case value:                                                                        \
+#define API__ERR_CASE(name, value, text)                                                           \
+    case value:                                                                                    \
         return text;
         API_ERRORS(API__ERR_CASE)
 #undef API__ERR_CASE
@@ -184,8 +184,8 @@ void api__grpc_prefix_write(uint8_t out[API__GRPC_PREFIX_BYTES], uint32_t len) {
     out[4] = (uint8_t)len;
 }
 
-int api__grpc_encode(const ProtobufCMessage *msg, size_t max_bytes, size_t headroom,
-                     uint8_t **out, size_t *out_len) {
+int api__grpc_encode(const ProtobufCMessage *msg, size_t max_bytes, size_t headroom, uint8_t **out,
+                     size_t *out_len) {
     API__ASSERT(msg != NULL);
     API__ASSERT(out != NULL && out_len != NULL);
     size_t n = protobuf_c_message_get_packed_size(msg);
@@ -222,8 +222,8 @@ static int varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
     return API_EMALFORMED;
 }
 
-static int check(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
-                 const uint8_t *end, unsigned depth_left) {
+static int check(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const uint8_t *end,
+                 unsigned depth_left) {
     while (p < end) {
         uint64_t tag, n;
         if (varint(&p, end, &tag) != 0) return API_EMALFORMED;
@@ -261,8 +261,8 @@ static int check(const ProtobufCMessageDescriptor *desc, const uint8_t *p,
     return 0;
 }
 
-int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                     size_t len, unsigned depth_max) {
+int api__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                     unsigned depth_max) {
     API__ASSERT(desc != NULL);
     API__ASSERT(desc->magic == PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
     if (len == 0) return 0;
@@ -281,8 +281,8 @@ static void proto_free(void *data, void *p) {
     free(p);
 }
 
-ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc,
-                                        const uint8_t *data, size_t len, int *err) {
+ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                        size_t len, int *err) {
     static const uint8_t empty[1];
     API__ASSERT(err != NULL);
     *err = API_EMALFORMED;
@@ -298,8 +298,8 @@ ProtobufCMessage *api__proto_unpack_err(const ProtobufCMessageDescriptor *desc,
     return m;
 }
 
-ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc,
-                                    const uint8_t *data, size_t len) {
+ProtobufCMessage *api__proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                    size_t len) {
     int err;
     return api__proto_unpack_err(desc, data, len, &err);
 }

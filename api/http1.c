@@ -67,8 +67,8 @@ static enum api__h1_method method_of(const uint8_t *p, size_t n) {
         const char *name;
         enum api__h1_method m;
     } names[] = {
-        {"GET", API__H1_GET},       {"HEAD", API__H1_HEAD},       {"POST", API__H1_POST},
-        {"PUT", API__H1_PUT},       {"DELETE", API__H1_DELETE}, {"OPTIONS", API__H1_OPTIONS},
+        {"GET", API__H1_GET}, {"HEAD", API__H1_HEAD},     {"POST", API__H1_POST},
+        {"PUT", API__H1_PUT}, {"DELETE", API__H1_DELETE}, {"OPTIONS", API__H1_OPTIONS},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strlen(names[i].name) == n && memcmp(names[i].name, p, n) == 0) return names[i].m;
@@ -215,11 +215,11 @@ int api__h1_parse_head(const uint8_t *p, size_t n, size_t *scanned, struct api__
 /* ---- chunked bodies ------------------------------------------------------- */
 
 enum {
-    CK_SIZE = 0,   /* hex digits of a chunk size */
-    CK_EXT,        /* ";ext" up to the end of the size line */
-    CK_DATA,       /* chunk bytes */
-    CK_DATA_END,   /* CRLF after the data */
-    CK_TRAILER,    /* trailer lines up to an empty one */
+    CK_SIZE = 0, /* hex digits of a chunk size */
+    CK_EXT,      /* ";ext" up to the end of the size line */
+    CK_DATA,     /* chunk bytes */
+    CK_DATA_END, /* CRLF after the data */
+    CK_TRAILER,  /* trailer lines up to an empty one */
     CK_DONE,
 };
 
@@ -297,7 +297,8 @@ int api__h1_chunked_feed(struct api__h1_chunked *ck, const uint8_t *p, size_t n,
             ck->line = 0;
             ck->digits = 0;
             continue;
-        default: goto err_malformed;
+        default:
+            goto err_malformed;
         }
     }
 out:
@@ -314,25 +315,44 @@ err_malformed:
 
 static const char *reason(int status) {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 412: return "Precondition Failed";
-    case 413: return "Request Entity Too Large";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Request Entity Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -420,10 +440,22 @@ int api_text_printf(struct api_text *out, const char *fmt, ...) {
 /* grpc-go's names of the codes, as go-grpc-prometheus labels them. */
 static const char *go_code_name(int code) {
     static const char *const names[] = {
-        "OK",          "Canceled",        "Unknown",           "InvalidArgument",
-        "DeadlineExceeded", "NotFound",   "AlreadyExists",     "PermissionDenied",
-        "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
-        "Unimplemented", "Internal",      "Unavailable",       "DataLoss",
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
         "Unauthenticated",
     };
     _Static_assert(sizeof(names) / sizeof(names[0]) == API_GRPC_UNAUTHENTICATED + 1,
@@ -715,7 +747,7 @@ static ProtobufCMessage *decode(struct api_server *s, const ProtobufCMessageDesc
 }
 
 static int code_of(int rc) {
-    return rc == API_ETOOBIG ? API_GRPC_RESOURCE_EXHAUSTED
+    return rc == API_ETOOBIG  ? API_GRPC_RESOURCE_EXHAUSTED
            : rc == API_ENOMEM ? API_GRPC_RESOURCE_EXHAUSTED
                               : API_GRPC_INVALID_ARGUMENT;
 }
@@ -733,8 +765,8 @@ static void gateway_bidi(struct api__conn *c, const struct api__method *m, const
     for (;;) {
         size_t used = 0;
         int rc;
-        ProtobufCMessage *msg = decode(s, m->req, body + off, len - off, &used, &rc, err,
-                                       sizeof(err));
+        ProtobufCMessage *msg =
+            decode(s, m->req, body + off, len - off, &used, &rc, err, sizeof(err));
         if (msg == NULL) {
             if (rc != API__JSON_EOF && n == 0) {
                 respond_grpc_error(c, 500, API_GRPC_UNKNOWN, err);
@@ -764,8 +796,7 @@ static void gateway_bidi(struct api__conn *c, const struct api__method *m, const
             api__dispatch_stream_request(&s->be, m, (struct api_stream *)call, reqs[i]);
         if (call->backend && !api__call_gone(call) && !call->finishing) {
             call->half_close_told = true;
-            api__dispatch_stream_end(&s->be, m, (struct api_stream *)call,
-                                     API_STREAM_HALF_CLOSED);
+            api__dispatch_stream_end(&s->be, m, (struct api_stream *)call, API_STREAM_HALF_CLOSED);
         }
         call->busy--;
         api__call_maybe_free(call);
@@ -929,8 +960,8 @@ static int step(struct api__conn *c) {
     size_t len, total;
     if (h->req.chunked) {
         size_t used = 0;
-        int rc = api__h1_chunked_feed(&h->ck, h->in.p + h->head_len, h->in.len - h->head_len,
-                                      &used, &h->body);
+        int rc = api__h1_chunked_feed(&h->ck, h->in.p + h->head_len, h->in.len - h->head_len, &used,
+                                      &h->body);
         /* The decoded bytes are in h->body: drop the raw ones. */
         memmove(h->in.p + h->head_len, h->in.p + h->head_len + used,
                 h->in.len - h->head_len - used);

@@ -170,8 +170,8 @@ long api__b64_decode(const uint8_t *s, size_t n, uint8_t *out, size_t *out_len) 
             end = true;
             break;
         }
-        uint32_t val = (uint32_t)dbuf[0] << 18 | (uint32_t)dbuf[1] << 12 |
-                       (uint32_t)dbuf[2] << 6 | (uint32_t)dbuf[3];
+        uint32_t val = (uint32_t)dbuf[0] << 18 | (uint32_t)dbuf[1] << 12 | (uint32_t)dbuf[2] << 6 |
+                       (uint32_t)dbuf[3];
         if (dlen >= 2) out[o++] = (uint8_t)(val >> 16);
         if (dlen >= 3) out[o++] = (uint8_t)(val >> 8);
         if (dlen == 4) out[o++] = (uint8_t)val;
@@ -307,18 +307,25 @@ static size_t value_size(const ProtobufCFieldDescriptor *f) {
     case PROTOBUF_C_TYPE_SFIXED32:
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-    case PROTOBUF_C_TYPE_FLOAT: return 4;
+    case PROTOBUF_C_TYPE_FLOAT:
+        return 4;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
-    case PROTOBUF_C_TYPE_DOUBLE: return 8;
-    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_ENUM: return sizeof(int);
-    case PROTOBUF_C_TYPE_STRING: return sizeof(char *);
-    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(ProtobufCMessage *);
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return 8;
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_ENUM:
+        return sizeof(int);
+    case PROTOBUF_C_TYPE_STRING:
+        return sizeof(char *);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(ProtobufCMessage *);
     }
     return 0;
 }
@@ -330,8 +337,10 @@ static bool is_default(const ProtobufCFieldDescriptor *f, const void *p) {
         const char *s = *(char *const *)p;
         return s == NULL || s[0] == '\0';
     }
-    case PROTOBUF_C_TYPE_BYTES: return ((const ProtobufCBinaryData *)p)->len == 0;
-    case PROTOBUF_C_TYPE_MESSAGE: return *(ProtobufCMessage *const *)p == NULL;
+    case PROTOBUF_C_TYPE_BYTES:
+        return ((const ProtobufCBinaryData *)p)->len == 0;
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return *(ProtobufCMessage *const *)p == NULL;
     default: {
         static const uint8_t zero[8];
         size_t n = value_size(f);
@@ -573,10 +582,14 @@ static int scan_value(struct scan *s, unsigned depth) {
             }
             return bad_char(s, "after array element");
         }
-    case '"': return scan_string(s);
-    case 't': return scan_literal(s, "true");
-    case 'f': return scan_literal(s, "false");
-    case 'n': return scan_literal(s, "null");
+    case '"':
+        return scan_string(s);
+    case 't':
+        return scan_literal(s, "true");
+    case 'f':
+        return scan_literal(s, "false");
+    case 'n':
+        return scan_literal(s, "null");
     default:
         if (c == '-' || (c >= '0' && c <= '9')) return scan_number(s);
         return bad_char(s, "looking for beginning of value");
@@ -618,19 +631,37 @@ static void go_type(const ProtobufCFieldDescriptor *f, char *out, size_t size) {
     switch (f->type) {
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
-    case PROTOBUF_C_TYPE_SFIXED32: base = "int32"; break;
+    case PROTOBUF_C_TYPE_SFIXED32:
+        base = "int32";
+        break;
     case PROTOBUF_C_TYPE_UINT32:
-    case PROTOBUF_C_TYPE_FIXED32: base = "uint32"; break;
+    case PROTOBUF_C_TYPE_FIXED32:
+        base = "uint32";
+        break;
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64: base = "int64"; break;
+    case PROTOBUF_C_TYPE_SFIXED64:
+        base = "int64";
+        break;
     case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64: base = "uint64"; break;
-    case PROTOBUF_C_TYPE_FLOAT: base = "float32"; break;
-    case PROTOBUF_C_TYPE_DOUBLE: base = "float64"; break;
-    case PROTOBUF_C_TYPE_BOOL: base = "bool"; break;
-    case PROTOBUF_C_TYPE_STRING: base = "string"; break;
-    case PROTOBUF_C_TYPE_BYTES: base = "[]uint8"; break;
+    case PROTOBUF_C_TYPE_FIXED64:
+        base = "uint64";
+        break;
+    case PROTOBUF_C_TYPE_FLOAT:
+        base = "float32";
+        break;
+    case PROTOBUF_C_TYPE_DOUBLE:
+        base = "float64";
+        break;
+    case PROTOBUF_C_TYPE_BOOL:
+        base = "bool";
+        break;
+    case PROTOBUF_C_TYPE_STRING:
+        base = "string";
+        break;
+    case PROTOBUF_C_TYPE_BYTES:
+        base = "[]uint8";
+        break;
     case PROTOBUF_C_TYPE_ENUM:
         pkg = ((const ProtobufCEnumDescriptor *)f->descriptor)->package_name;
         name = ((const ProtobufCEnumDescriptor *)f->descriptor)->name;
@@ -660,12 +691,17 @@ static void go_type(const ProtobufCFieldDescriptor *f, char *out, size_t size) {
 
 static const char *kind_name(uint8_t c) {
     switch (c) {
-    case '{': return "object";
-    case '[': return "array";
-    case '"': return "string";
+    case '{':
+        return "object";
+    case '[':
+        return "array";
+    case '"':
+        return "string";
     case 't':
-    case 'f': return "bool";
-    default: return "number";
+    case 'f':
+        return "bool";
+    default:
+        return "number";
     }
 }
 
@@ -704,11 +740,21 @@ static size_t unquote(struct jval v, uint8_t *out) {
         i += 2;
         uint32_t cp;
         switch (c) {
-        case 'b': out[o++] = '\b'; continue;
-        case 'f': out[o++] = '\f'; continue;
-        case 'n': out[o++] = '\n'; continue;
-        case 'r': out[o++] = '\r'; continue;
-        case 't': out[o++] = '\t'; continue;
+        case 'b':
+            out[o++] = '\b';
+            continue;
+        case 'f':
+            out[o++] = '\f';
+            continue;
+        case 'n':
+            out[o++] = '\n';
+            continue;
+        case 'r':
+            out[o++] = '\r';
+            continue;
+        case 't':
+            out[o++] = '\t';
+            continue;
         case 'u': {
             cp = (uint32_t)strtoul((char[]){(char)v.p[i], (char)v.p[i + 1], (char)v.p[i + 2],
                                             (char)v.p[i + 3], 0},
@@ -716,10 +762,9 @@ static size_t unquote(struct jval v, uint8_t *out) {
             i += 4;
             if (cp >= 0xD800 && cp < 0xDC00 && i + 6 <= end && v.p[i] == '\\' &&
                 v.p[i + 1] == 'u') {
-                uint32_t lo = (uint32_t)strtoul(
-                    (char[]){(char)v.p[i + 2], (char)v.p[i + 3], (char)v.p[i + 4],
-                             (char)v.p[i + 5], 0},
-                    NULL, 16);
+                uint32_t lo = (uint32_t)strtoul((char[]){(char)v.p[i + 2], (char)v.p[i + 3],
+                                                         (char)v.p[i + 4], (char)v.p[i + 5], 0},
+                                                NULL, 16);
                 if (lo >= 0xDC00 && lo < 0xE000) {
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                     i += 6;
@@ -743,7 +788,9 @@ static size_t unquote(struct jval v, uint8_t *out) {
             }
             continue;
         }
-        default: out[o++] = c; continue; /* " \ / */
+        default:
+            out[o++] = c;
+            continue; /* " \ / */
         }
     }
     return o;
@@ -856,8 +903,8 @@ err_range:
                 (int)(len > 64 ? 64 : len), v.p + start, t);
 }
 
-static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj,
-                          struct api__buf *w, struct jerr *e, unsigned depth);
+static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj, struct api__buf *w,
+                          struct jerr *e, unsigned depth);
 
 /* Appends field f holding JSON value v (one element for repeated fields). */
 static int decode_one(const ProtobufCFieldDescriptor *f, struct jval v, struct api__buf *w,
@@ -869,19 +916,29 @@ static int decode_one(const ProtobufCFieldDescriptor *f, struct jval v, struct a
         static const struct jval zero_str = {(const uint8_t *)"\"\"", 2};
         static const struct jval zero_bool = {(const uint8_t *)"false", 5};
         switch (f->type) {
-        case PROTOBUF_C_TYPE_MESSAGE: v = zero_msg; break;
+        case PROTOBUF_C_TYPE_MESSAGE:
+            v = zero_msg;
+            break;
         case PROTOBUF_C_TYPE_STRING:
-        case PROTOBUF_C_TYPE_BYTES: v = zero_str; break;
-        case PROTOBUF_C_TYPE_BOOL: v = zero_bool; break;
-        default: v = zero_num; break;
+        case PROTOBUF_C_TYPE_BYTES:
+            v = zero_str;
+            break;
+        case PROTOBUF_C_TYPE_BOOL:
+            v = zero_bool;
+            break;
+        default:
+            v = zero_num;
+            break;
         }
         c = v.p[0];
     }
     switch (f->type) {
     case PROTOBUF_C_TYPE_MESSAGE: {
         if (c != '{') {
-            return fail(e, "json: cannot unmarshal %s into Go value of type "
-                           "map[string]json.RawMessage", kind_name(c));
+            return fail(e,
+                        "json: cannot unmarshal %s into Go value of type "
+                        "map[string]json.RawMessage",
+                        kind_name(c));
         }
         struct api__buf sub;
         api__buf_init(&sub, w->max);
@@ -934,7 +991,8 @@ static int decode_one(const ProtobufCFieldDescriptor *f, struct jval v, struct a
             size_t len;
             uint8_t *s = string_dup(v, &len);
             if (s == NULL) return API_ENOMEM;
-            const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value_by_name(ed, (char *)s);
+            const ProtobufCEnumValue *ev =
+                protobuf_c_enum_descriptor_get_value_by_name(ed, (char *)s);
             if (ev == NULL) {
                 char t[160];
                 go_type(f, t, sizeof(t));
@@ -1041,8 +1099,8 @@ static bool find_member(const struct jmember *ms, size_t n, const char *name, st
     return false;
 }
 
-static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj,
-                          struct api__buf *w, struct jerr *e, unsigned depth) {
+static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj, struct api__buf *w,
+                          struct jerr *e, unsigned depth) {
     if (depth > API__PROTO_DEPTH_MAX) return fail(e, "exceeded max depth");
     /* The members once, then a lookup per field in declaration order, the
      * order in which jsonpb converts (and reports the first error). */
@@ -1080,7 +1138,8 @@ static int decode_message(const ProtobufCMessageDescriptor *d, struct jval obj,
         }
         size_t j = 0;
         struct jmember el;
-        while (rc == 0 && next_item(v, &j, false, &el)) rc = decode_one(f, el.val, w, e, depth, true);
+        while (rc == 0 && next_item(v, &j, false, &el))
+            rc = decode_one(f, el.val, w, e, depth, true);
     }
     free(ms);
     return rc != 0 ? rc : w->failed;
@@ -1104,8 +1163,10 @@ int api__json_decode(const ProtobufCMessageDescriptor *d, const uint8_t *p, size
     struct jval v = {p + start, s.i - start};
     if (v.p[0] == 'n') return 0; /* null: the empty message */
     if (v.p[0] != '{')
-        return fail(&e, "json: cannot unmarshal %s into Go value of type "
-                        "map[string]json.RawMessage", kind_name(v.p[0]));
+        return fail(&e,
+                    "json: cannot unmarshal %s into Go value of type "
+                    "map[string]json.RawMessage",
+                    kind_name(v.p[0]));
     rc = decode_message(d, v, wire, &e, 0);
     if (rc == API_ETOOBIG) snprintf(err, err_size, "request is too large");
     if (rc == API_ENOMEM) snprintf(err, err_size, "out of memory");

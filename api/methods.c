@@ -14,80 +14,72 @@
 #include "api/api_int.h"
 
 /* X(ID, path, entry, request type, request descriptor, response descriptor) */
-#define API__UNARY_METHODS(X)                                                          \
-    X(RANGE, "/etcdserverpb.KV/Range", range, Etcdserverpb__RangeRequest,               \
-      etcdserverpb__range_request__descriptor, etcdserverpb__range_response__descriptor) \
-    X(PUT, "/etcdserverpb.KV/Put", put, Etcdserverpb__PutRequest,                       \
-      etcdserverpb__put_request__descriptor, etcdserverpb__put_response__descriptor)     \
-    X(DELETE_RANGE, "/etcdserverpb.KV/DeleteRange", delete_range,                       \
-      Etcdserverpb__DeleteRangeRequest, etcdserverpb__delete_range_request__descriptor, \
-      etcdserverpb__delete_range_response__descriptor)                                  \
-    X(TXN, "/etcdserverpb.KV/Txn", txn, Etcdserverpb__TxnRequest,                       \
-      etcdserverpb__txn_request__descriptor, etcdserverpb__txn_response__descriptor)     \
-    X(COMPACT, "/etcdserverpb.KV/Compact", compact, Etcdserverpb__CompactionRequest,    \
-      etcdserverpb__compaction_request__descriptor,                                     \
-      etcdserverpb__compaction_response__descriptor)                                    \
-    X(LEASE_GRANT, "/etcdserverpb.Lease/LeaseGrant", lease_grant,                       \
-      Etcdserverpb__LeaseGrantRequest, etcdserverpb__lease_grant_request__descriptor,   \
-      etcdserverpb__lease_grant_response__descriptor)                                   \
-    X(LEASE_REVOKE, "/etcdserverpb.Lease/LeaseRevoke", lease_revoke,                    \
-      Etcdserverpb__LeaseRevokeRequest, etcdserverpb__lease_revoke_request__descriptor, \
-      etcdserverpb__lease_revoke_response__descriptor)                                  \
-    X(LEASE_TIME_TO_LIVE, "/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live,    \
-      Etcdserverpb__LeaseTimeToLiveRequest,                                             \
-      etcdserverpb__lease_time_to_live_request__descriptor,                             \
-      etcdserverpb__lease_time_to_live_response__descriptor)                            \
-    X(LEASE_LEASES, "/etcdserverpb.Lease/LeaseLeases", lease_leases,                    \
-      Etcdserverpb__LeaseLeasesRequest, etcdserverpb__lease_leases_request__descriptor, \
-      etcdserverpb__lease_leases_response__descriptor)                                  \
-    X(MEMBER_ADD, "/etcdserverpb.Cluster/MemberAdd", member_add,                        \
-      Etcdserverpb__MemberAddRequest, etcdserverpb__member_add_request__descriptor,     \
-      etcdserverpb__member_add_response__descriptor)                                    \
-    X(MEMBER_REMOVE, "/etcdserverpb.Cluster/MemberRemove", member_remove,               \
-      Etcdserverpb__MemberRemoveRequest, etcdserverpb__member_remove_request__descriptor, \
-      etcdserverpb__member_remove_response__descriptor)                                 \
-    X(MEMBER_UPDATE, "/etcdserverpb.Cluster/MemberUpdate", member_update,               \
-      Etcdserverpb__MemberUpdateRequest, etcdserverpb__member_update_request__descriptor, \
-      etcdserverpb__member_update_response__descriptor)                                 \
-    X(MEMBER_LIST, "/etcdserverpb.Cluster/MemberList", member_list,                     \
-      Etcdserverpb__MemberListRequest, etcdserverpb__member_list_request__descriptor,   \
-      etcdserverpb__member_list_response__descriptor)                                   \
-    X(MEMBER_PROMOTE, "/etcdserverpb.Cluster/MemberPromote", member_promote,            \
-      Etcdserverpb__MemberPromoteRequest,                                               \
-      etcdserverpb__member_promote_request__descriptor,                                 \
-      etcdserverpb__member_promote_response__descriptor)                                \
-    X(ALARM, "/etcdserverpb.Maintenance/Alarm", alarm, Etcdserverpb__AlarmRequest,      \
-      etcdserverpb__alarm_request__descriptor, etcdserverpb__alarm_response__descriptor) \
-    X(STATUS, "/etcdserverpb.Maintenance/Status", status, Etcdserverpb__StatusRequest,  \
-      etcdserverpb__status_request__descriptor,                                         \
-      etcdserverpb__status_response__descriptor)                                        \
-    X(DEFRAGMENT, "/etcdserverpb.Maintenance/Defragment", defragment,                   \
-      Etcdserverpb__DefragmentRequest, etcdserverpb__defragment_request__descriptor,    \
-      etcdserverpb__defragment_response__descriptor)                                    \
-    X(HASH, "/etcdserverpb.Maintenance/Hash", hash, Etcdserverpb__HashRequest,          \
-      etcdserverpb__hash_request__descriptor, etcdserverpb__hash_response__descriptor)   \
-    X(HASH_KV, "/etcdserverpb.Maintenance/HashKV", hash_kv, Etcdserverpb__HashKVRequest, \
-      etcdserverpb__hash_kvrequest__descriptor,                                         \
-      etcdserverpb__hash_kvresponse__descriptor)                                        \
-    X(MOVE_LEADER, "/etcdserverpb.Maintenance/MoveLeader", move_leader,                 \
-      Etcdserverpb__MoveLeaderRequest, etcdserverpb__move_leader_request__descriptor,   \
+#define API__UNARY_METHODS(X)                                                                      \
+    X(RANGE, "/etcdserverpb.KV/Range", range, Etcdserverpb__RangeRequest,                          \
+      etcdserverpb__range_request__descriptor, etcdserverpb__range_response__descriptor)           \
+    X(PUT, "/etcdserverpb.KV/Put", put, Etcdserverpb__PutRequest,                                  \
+      etcdserverpb__put_request__descriptor, etcdserverpb__put_response__descriptor)               \
+    X(DELETE_RANGE, "/etcdserverpb.KV/DeleteRange", delete_range,                                  \
+      Etcdserverpb__DeleteRangeRequest, etcdserverpb__delete_range_request__descriptor,            \
+      etcdserverpb__delete_range_response__descriptor)                                             \
+    X(TXN, "/etcdserverpb.KV/Txn", txn, Etcdserverpb__TxnRequest,                                  \
+      etcdserverpb__txn_request__descriptor, etcdserverpb__txn_response__descriptor)               \
+    X(COMPACT, "/etcdserverpb.KV/Compact", compact, Etcdserverpb__CompactionRequest,               \
+      etcdserverpb__compaction_request__descriptor, etcdserverpb__compaction_response__descriptor) \
+    X(LEASE_GRANT, "/etcdserverpb.Lease/LeaseGrant", lease_grant, Etcdserverpb__LeaseGrantRequest, \
+      etcdserverpb__lease_grant_request__descriptor,                                               \
+      etcdserverpb__lease_grant_response__descriptor)                                              \
+    X(LEASE_REVOKE, "/etcdserverpb.Lease/LeaseRevoke", lease_revoke,                               \
+      Etcdserverpb__LeaseRevokeRequest, etcdserverpb__lease_revoke_request__descriptor,            \
+      etcdserverpb__lease_revoke_response__descriptor)                                             \
+    X(LEASE_TIME_TO_LIVE, "/etcdserverpb.Lease/LeaseTimeToLive", lease_time_to_live,               \
+      Etcdserverpb__LeaseTimeToLiveRequest, etcdserverpb__lease_time_to_live_request__descriptor,  \
+      etcdserverpb__lease_time_to_live_response__descriptor)                                       \
+    X(LEASE_LEASES, "/etcdserverpb.Lease/LeaseLeases", lease_leases,                               \
+      Etcdserverpb__LeaseLeasesRequest, etcdserverpb__lease_leases_request__descriptor,            \
+      etcdserverpb__lease_leases_response__descriptor)                                             \
+    X(MEMBER_ADD, "/etcdserverpb.Cluster/MemberAdd", member_add, Etcdserverpb__MemberAddRequest,   \
+      etcdserverpb__member_add_request__descriptor, etcdserverpb__member_add_response__descriptor) \
+    X(MEMBER_REMOVE, "/etcdserverpb.Cluster/MemberRemove", member_remove,                          \
+      Etcdserverpb__MemberRemoveRequest, etcdserverpb__member_remove_request__descriptor,          \
+      etcdserverpb__member_remove_response__descriptor)                                            \
+    X(MEMBER_UPDATE, "/etcdserverpb.Cluster/MemberUpdate", member_update,                          \
+      Etcdserverpb__MemberUpdateRequest, etcdserverpb__member_update_request__descriptor,          \
+      etcdserverpb__member_update_response__descriptor)                                            \
+    X(MEMBER_LIST, "/etcdserverpb.Cluster/MemberList", member_list,                                \
+      Etcdserverpb__MemberListRequest, etcdserverpb__member_list_request__descriptor,              \
+      etcdserverpb__member_list_response__descriptor)                                              \
+    X(MEMBER_PROMOTE, "/etcdserverpb.Cluster/MemberPromote", member_promote,                       \
+      Etcdserverpb__MemberPromoteRequest, etcdserverpb__member_promote_request__descriptor,        \
+      etcdserverpb__member_promote_response__descriptor)                                           \
+    X(ALARM, "/etcdserverpb.Maintenance/Alarm", alarm, Etcdserverpb__AlarmRequest,                 \
+      etcdserverpb__alarm_request__descriptor, etcdserverpb__alarm_response__descriptor)           \
+    X(STATUS, "/etcdserverpb.Maintenance/Status", status, Etcdserverpb__StatusRequest,             \
+      etcdserverpb__status_request__descriptor, etcdserverpb__status_response__descriptor)         \
+    X(DEFRAGMENT, "/etcdserverpb.Maintenance/Defragment", defragment,                              \
+      Etcdserverpb__DefragmentRequest, etcdserverpb__defragment_request__descriptor,               \
+      etcdserverpb__defragment_response__descriptor)                                               \
+    X(HASH, "/etcdserverpb.Maintenance/Hash", hash, Etcdserverpb__HashRequest,                     \
+      etcdserverpb__hash_request__descriptor, etcdserverpb__hash_response__descriptor)             \
+    X(HASH_KV, "/etcdserverpb.Maintenance/HashKV", hash_kv, Etcdserverpb__HashKVRequest,           \
+      etcdserverpb__hash_kvrequest__descriptor, etcdserverpb__hash_kvresponse__descriptor)         \
+    X(MOVE_LEADER, "/etcdserverpb.Maintenance/MoveLeader", move_leader,                            \
+      Etcdserverpb__MoveLeaderRequest, etcdserverpb__move_leader_request__descriptor,              \
       etcdserverpb__move_leader_response__descriptor)
 
 /* X(ID, path, kind, open entry, request entry, end entry, request type,
  *   request descriptor, response descriptor). For the server stream the
  * open entry takes the one request. */
-#define API__STREAM_METHODS(X)                                                         \
-    X(WATCH, "/etcdserverpb.Watch/Watch", API__BIDI_STREAM, watch_open, watch_request,  \
-      watch_end, Etcdserverpb__WatchRequest, etcdserverpb__watch_request__descriptor,   \
-      etcdserverpb__watch_response__descriptor)                                         \
-    X(LEASE_KEEP_ALIVE, "/etcdserverpb.Lease/LeaseKeepAlive", API__BIDI_STREAM,         \
-      lease_keep_alive_open, lease_keep_alive_request, lease_keep_alive_end,            \
-      Etcdserverpb__LeaseKeepAliveRequest,                                              \
-      etcdserverpb__lease_keep_alive_request__descriptor,                               \
-      etcdserverpb__lease_keep_alive_response__descriptor)                              \
-    X(SNAPSHOT, "/etcdserverpb.Maintenance/Snapshot", API__SERVER_STREAM, snapshot,     \
-      snapshot, snapshot_end, Etcdserverpb__SnapshotRequest,                            \
-      etcdserverpb__snapshot_request__descriptor,                                       \
+#define API__STREAM_METHODS(X)                                                                     \
+    X(WATCH, "/etcdserverpb.Watch/Watch", API__BIDI_STREAM, watch_open, watch_request, watch_end,  \
+      Etcdserverpb__WatchRequest, etcdserverpb__watch_request__descriptor,                         \
+      etcdserverpb__watch_response__descriptor)                                                    \
+    X(LEASE_KEEP_ALIVE, "/etcdserverpb.Lease/LeaseKeepAlive", API__BIDI_STREAM,                    \
+      lease_keep_alive_open, lease_keep_alive_request, lease_keep_alive_end,                       \
+      Etcdserverpb__LeaseKeepAliveRequest, etcdserverpb__lease_keep_alive_request__descriptor,     \
+      etcdserverpb__lease_keep_alive_response__descriptor)                                         \
+    X(SNAPSHOT, "/etcdserverpb.Maintenance/Snapshot", API__SERVER_STREAM, snapshot, snapshot,      \
+      snapshot_end, Etcdserverpb__SnapshotRequest, etcdserverpb__snapshot_request__descriptor,     \
       etcdserverpb__snapshot_response__descriptor)
 
 enum method_id {
@@ -102,7 +94,7 @@ _Static_assert(M_COUNT <= API__METHODS_MAX, "API__METHODS_MAX covers the table")
 
 static const struct api__method methods[M_COUNT] = {
 #define U_ROW(id, path, entry, type, reqd, respd) {path, API__UNARY, &reqd, &respd, M_##id},
-#define S_ROW(id, path, kind, open, req, end, type, reqd, respd)                       \
+#define S_ROW(id, path, kind, open, req, end, type, reqd, respd)                                   \
     {path, kind, &reqd, &respd, M_##id},
     API__UNARY_METHODS(U_ROW) API__STREAM_METHODS(S_ROW)
 #undef U_ROW
@@ -151,18 +143,17 @@ void api__method_unknown_message(const char *path, size_t len, char *out, size_t
             return;
         }
     }
-    snprintf(out, out_size, "unknown service %.*s", (int)(svc_len > 100 ? 100 : svc_len),
-             path + 1);
+    snprintf(out, out_size, "unknown service %.*s", (int)(svc_len > 100 ? 100 : svc_len), path + 1);
 }
 
 bool api__method_routed(const struct api_backend *be, const struct api__method *m) {
     API__ASSERT(be != NULL && m != NULL);
     switch ((enum method_id)m->id) {
-#define U_CASE(id, path, entry, type, reqd, respd)                                      \
-    case M_##id:                                                                       \
+#define U_CASE(id, path, entry, type, reqd, respd)                                                 \
+    case M_##id:                                                                                   \
         return be->entry != NULL;
-#define S_CASE(id, path, kind, open, req, end, type, reqd, respd)                      \
-    case M_##id:                                                                       \
+#define S_CASE(id, path, kind, open, req, end, type, reqd, respd)                                  \
+    case M_##id:                                                                                   \
         return be->open != NULL;
         API__UNARY_METHODS(U_CASE)
         API__STREAM_METHODS(S_CASE)
@@ -179,10 +170,10 @@ void api__backend_check(const struct api_backend *be) {
     API__ASSERT(be != NULL);
     /* A stream kind is routed by its open entry; the others must then be
      * set, or requests and cancellations would have nowhere to go. */
-#define S_CHECK(id, path, kind, open, req, end, type, reqd, respd)                     \
-    if (be->open != NULL) {                                                            \
-        API__ASSERT(be->req != NULL);                                                  \
-        API__ASSERT(be->end != NULL);                                                  \
+#define S_CHECK(id, path, kind, open, req, end, type, reqd, respd)                                 \
+    if (be->open != NULL) {                                                                        \
+        API__ASSERT(be->req != NULL);                                                              \
+        API__ASSERT(be->end != NULL);                                                              \
     }
     API__STREAM_METHODS(S_CHECK)
 #undef S_CHECK
@@ -193,9 +184,9 @@ void api__dispatch_unary(const struct api_backend *be, const struct api__method 
     API__ASSERT(m->kind == API__UNARY);
     API__ASSERT(req->descriptor == m->req);
     switch ((enum method_id)m->id) {
-#define U_CALL(id, path, entry, type, reqd, respd)                                      \
-    case M_##id:                                                                       \
-        be->entry(be->ctx, call, (const type *)req);                                   \
+#define U_CALL(id, path, entry, type, reqd, respd)                                                 \
+    case M_##id:                                                                                   \
+        be->entry(be->ctx, call, (const type *)req);                                               \
         return;
         API__UNARY_METHODS(U_CALL)
 #undef U_CALL
@@ -226,17 +217,15 @@ void api__dispatch_stream_open(const struct api_backend *be, const struct api__m
     API__ASSERT(!"not a stream method");
 }
 
-void api__dispatch_stream_request(const struct api_backend *be,
-                                  const struct api__method *m, struct api_stream *s,
-                                  const ProtobufCMessage *req) {
+void api__dispatch_stream_request(const struct api_backend *be, const struct api__method *m,
+                                  struct api_stream *s, const ProtobufCMessage *req) {
     API__ASSERT(req->descriptor == m->req);
     switch ((enum method_id)m->id) {
     case M_WATCH:
         be->watch_request(be->ctx, s, (const Etcdserverpb__WatchRequest *)req);
         return;
     case M_LEASE_KEEP_ALIVE:
-        be->lease_keep_alive_request(be->ctx, s,
-                                     (const Etcdserverpb__LeaseKeepAliveRequest *)req);
+        be->lease_keep_alive_request(be->ctx, s, (const Etcdserverpb__LeaseKeepAliveRequest *)req);
         return;
     default:
         break;
@@ -247,9 +236,9 @@ void api__dispatch_stream_request(const struct api_backend *be,
 void api__dispatch_stream_end(const struct api_backend *be, const struct api__method *m,
                               struct api_stream *s, enum api_stream_event ev) {
     switch ((enum method_id)m->id) {
-#define S_END(id, path, kind, open, req, end, type, reqd, respd)                       \
-    case M_##id:                                                                       \
-        be->end(be->ctx, s, ev);                                                       \
+#define S_END(id, path, kind, open, req, end, type, reqd, respd)                                   \
+    case M_##id:                                                                                   \
+        be->end(be->ctx, s, ev);                                                                   \
         return;
         API__STREAM_METHODS(S_END)
 #undef S_END

@@ -82,8 +82,7 @@ static int url_parse(const char *s, size_t len, struct url *u) {
     memcpy(host, s + host_start, hlen);
     host[hlen] = '\0';
     if (v6) {
-        if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&u->addr) != 0)
-            return API_EURL;
+        if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&u->addr) != 0) return API_EURL;
         return 0;
     }
     if (hlen == 0) strcpy(host, "0.0.0.0");
@@ -178,7 +177,7 @@ static int tls_ctx_new(const struct api_options *o, SSL_CTX **out) {
 
 err_ctx:
     SSL_CTX_free(ctx);
-err_ssl: {
+err_ssl : {
     char ossl[120];
     ERR_error_string_n(ERR_peek_last_error(), ossl, sizeof(ossl));
     ERR_clear_error();

@@ -111,40 +111,40 @@ struct call {
     enum call_state state;
     char *path;
     const ProtobufCMessageDescriptor *resp_desc;
-    struct client__link link;     /* c->waiting or conn->active */
-    struct client__link dl;       /* c->unary_dl or c->stream_dl */
-    uint64_t deadline_ms;         /* loop time (uv_now) */
-    struct call *ready_next;      /* c->ready list */
+    struct client__link link; /* c->waiting or conn->active */
+    struct client__link dl;   /* c->unary_dl or c->stream_dl */
+    uint64_t deadline_ms;     /* loop time (uv_now) */
+    struct call *ready_next;  /* c->ready list */
     bool in_ready;
     /* Request. Unary: one framed message kept whole until the call is done,
      * so it can be sent again on another connection. Stream: a queue. */
     uint8_t *req;
     size_t req_len, req_off;
     struct out_msg *q_head, *q_tail;
-    size_t q_bytes;               /* stream bytes queued, not yet given to nghttp2 */
-    bool sent;                    /* request bytes were serialized for a socket */
-    unsigned refusals;            /* REFUSED_STREAM answers so far */
-    struct conn *conn;            /* while ACTIVE */
-    int32_t stream_id;            /* while ACTIVE */
+    size_t q_bytes;    /* stream bytes queued, not yet given to nghttp2 */
+    bool sent;         /* request bytes were serialized for a socket */
+    unsigned refusals; /* REFUSED_STREAM answers so far */
+    struct conn *conn; /* while ACTIVE */
+    int32_t stream_id; /* while ACTIVE */
     /* Response. */
     struct client__reader rd;
-    size_t rd_accounted;          /* bytes of rd counted in conn->recv_buffered */
-    int http_status;              /* 0 until :status */
+    size_t rd_accounted; /* bytes of rd counted in conn->recv_buffered */
+    int http_status;     /* 0 until :status */
     bool have_grpc_status;
     int grpc_status;
-    char *grpc_message;           /* decoded, or NULL */
+    char *grpc_message; /* decoded, or NULL */
     size_t header_bytes;
-    ProtobufCMessage *resp;       /* unary: the response message */
+    ProtobufCMessage *resp;           /* unary: the response message */
     struct in_msg *in_head, *in_tail; /* stream: undelivered messages */
-    unsigned long n_received;     /* messages received */
+    unsigned long n_received;         /* messages received */
     /* Outcome, once DONE. */
     int code;
-    char *message;                /* NULL stands for "" */
+    char *message; /* NULL stands for "" */
     bool maybe_applied;
-    bool auth_retried;            /* already retried after "invalid auth token" */
-    bool user_closed;             /* client_stream_close() was called */
-    bool busy;                    /* one of its callbacks is running */
-    unsigned auth_conn_id;        /* CALL_AUTH: the connection it authenticates */
+    bool auth_retried;     /* already retried after "invalid auth token" */
+    bool user_closed;      /* client_stream_close() was called */
+    bool busy;             /* one of its callbacks is running */
+    unsigned auth_conn_id; /* CALL_AUTH: the connection it authenticates */
     client_unary_cb unary_cb;
     struct client_stream_cbs cbs;
     void *arg;
@@ -166,11 +166,11 @@ enum conn_phase {
 };
 
 enum auth_state {
-    AUTH_OFF = 0,     /* no user configured */
-    AUTH_NEEDED = 1,  /* start Authenticate on the next pump */
+    AUTH_OFF = 0,    /* no user configured */
+    AUTH_NEEDED = 1, /* start Authenticate on the next pump */
     AUTH_RUNNING = 2,
-    AUTH_DONE = 3,    /* token held */
-    AUTH_FAILED = 4,  /* the server said no; try again when a call waits */
+    AUTH_DONE = 3,   /* token held */
+    AUTH_FAILED = 4, /* the server said no; try again when a call waits */
 };
 
 struct sock {
@@ -187,31 +187,31 @@ struct wchunk {
 
 struct conn {
     struct client *c;
-    unsigned id;                  /* distinct per connection of a client */
-    unsigned ep;                  /* index in c->eps */
+    unsigned id; /* distinct per connection of a client */
+    unsigned ep; /* index in c->eps */
     enum conn_phase phase;
-    unsigned refs;                /* current holder + getaddrinfo + open sockets */
+    unsigned refs; /* current holder + getaddrinfo + open sockets */
     uv_getaddrinfo_t gai;
     bool gai_pending;
-    struct addrinfo *ai;          /* resolved addresses */
+    struct addrinfo *ai;            /* resolved addresses */
     const struct addrinfo *ai_next; /* next address to try */
-    char connect_err[64];         /* last connect error of this attempt */
+    char connect_err[64];           /* last connect error of this attempt */
     uv_connect_t creq;
-    struct sock *sock;            /* the socket in use, or NULL */
-    SSL *ssl;                     /* NULL for plaintext */
-    BIO *rbio, *wbio;             /* owned by ssl */
+    struct sock *sock; /* the socket in use, or NULL */
+    SSL *ssl;          /* NULL for plaintext */
+    BIO *rbio, *wbio;  /* owned by ssl */
     nghttp2_session *h2;
-    bool settings_seen;           /* the server's first SETTINGS arrived */
-    bool fail_pending;            /* a failure noted inside a callback */
+    bool settings_seen; /* the server's first SETTINGS arrived */
+    bool fail_pending;  /* a failure noted inside a callback */
     char fail_reason[2 * ERR_BYTES];
     bool goaway;
     int32_t goaway_last_id;
-    struct client__link active;   /* ACTIVE calls */
+    struct client__link active; /* ACTIVE calls */
     unsigned n_active;
-    size_t write_bytes;           /* handed to uv_write, not yet written */
-    struct wchunk *out;           /* chunk being filled */
-    size_t recv_buffered;         /* heap bytes of partial messages */
-    uint64_t alive_ms;            /* last read or PING ACK, loop time */
+    size_t write_bytes;   /* handed to uv_write, not yet written */
+    struct wchunk *out;   /* chunk being filled */
+    size_t recv_buffered; /* heap bytes of partial messages */
+    uint64_t alive_ms;    /* last read or PING ACK, loop time */
     uint64_t ping_sent_ms;
     bool ping_outstanding;
     enum auth_state auth;
@@ -232,7 +232,7 @@ enum conn_timer_mode {
 
 struct client {
     uv_loop_t *loop;
-    uv_thread_t thread;           /* the loop's thread, for assertions */
+    uv_thread_t thread; /* the loop's thread, for assertions */
     /* Options with defaults applied; strings are the copies below. */
     uint32_t dial_timeout_ms, command_timeout_ms;
     uint32_t keepalive_ms, keepalive_timeout_ms; /* keepalive_ms may double */
@@ -242,30 +242,30 @@ struct client {
     void *log_arg;
     struct endpoint *eps;
     unsigned n_eps;
-    SSL_CTX *tls;                 /* NULL when nothing uses TLS */
+    SSL_CTX *tls; /* NULL when nothing uses TLS */
     /* Connection management. */
-    struct conn *conn;            /* the attempt or connection, or NULL */
-    unsigned cur_ep;              /* endpoint of conn, or the last tried */
-    unsigned next_ep;             /* endpoint of the next attempt */
+    struct conn *conn; /* the attempt or connection, or NULL */
+    unsigned cur_ep;   /* endpoint of conn, or the last tried */
+    unsigned next_ep;  /* endpoint of the next attempt */
     unsigned next_conn_id;
     unsigned round_failures;      /* failures since the last READY or backoff */
     unsigned backoff_exp;         /* backoffs since the last READY */
     uint64_t rng;                 /* xorshift state for jitter */
     char last_err[2 * ERR_BYTES]; /* "endpoint URL: reason" of the last failure */
     /* Handles. */
-    uv_idle_t kick;               /* runs the dispatcher and pump */
+    uv_idle_t kick; /* runs the dispatcher and pump */
     bool kick_active;
     uv_timer_t deadline_timer;
     uv_timer_t conn_timer;
     enum conn_timer_mode timer_mode;
     unsigned handles_open;
-    unsigned conns_alive;         /* struct conn not yet freed */
+    unsigned conns_alive; /* struct conn not yet freed */
     /* Calls. */
-    struct client__link waiting;  /* WAITING calls, in order */
-    struct client__link unary_dl; /* unary and auth calls by deadline */
-    struct client__link stream_dl;/* WAITING streams by deadline */
+    struct client__link waiting;   /* WAITING calls, in order */
+    struct client__link unary_dl;  /* unary and auth calls by deadline */
+    struct client__link stream_dl; /* WAITING streams by deadline */
     struct call *ready_head, *ready_tail;
-    unsigned n_calls;             /* calls allocated */
+    unsigned n_calls; /* calls allocated */
     bool dispatching;
     /* Closing. */
     bool closing;
@@ -427,8 +427,7 @@ static void call_detach(struct call *call, bool rst) {
     if (cn->h2 != NULL && call->stream_id > 0) {
         nghttp2_session_set_stream_user_data(cn->h2, call->stream_id, NULL);
         if (rst) {
-            nghttp2_submit_rst_stream(cn->h2, NGHTTP2_FLAG_NONE, call->stream_id,
-                                      NGHTTP2_CANCEL);
+            nghttp2_submit_rst_stream(cn->h2, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_CANCEL);
             kick(call->c);
         }
     }
@@ -454,11 +453,11 @@ static void call_finish(struct call *call, int code, const char *message, bool m
     ready_push(call);
 }
 
-static void call_finishf(struct call *call, int code, bool maybe_applied, bool rst,
-                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void call_finishf(struct call *call, int code, bool maybe_applied, bool rst, const char *fmt,
+                         ...) __attribute__((format(printf, 5, 6)));
 
-static void call_finishf(struct call *call, int code, bool maybe_applied, bool rst,
-                         const char *fmt, ...) {
+static void call_finishf(struct call *call, int code, bool maybe_applied, bool rst, const char *fmt,
+                         ...) {
     char msg[ERR_BYTES * 4];
     va_list ap;
     va_start(ap, fmt);
@@ -709,8 +708,8 @@ static ssize_t data_read(nghttp2_session *h2, int32_t stream_id, uint8_t *buf, s
     return (ssize_t)n;
 }
 
-#define NV(name, value, value_len)                                                     \
-    ((nghttp2_nv){(uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, (value_len),  \
+#define NV(name, value, value_len)                                                                 \
+    ((nghttp2_nv){(uint8_t *)(name), (uint8_t *)(value), sizeof(name) - 1, (value_len),            \
                   NGHTTP2_NV_FLAG_NONE})
 
 /* Opens the call's HTTP/2 stream on cn. Returns 0 or an nghttp2 error. */
@@ -732,8 +731,7 @@ static int conn_submit(struct conn *cn, struct call *call) {
     nva[n++] = NV("user-agent", USER_AGENT, sizeof(USER_AGENT) - 1);
     if (call->kind != CALL_STREAM) {
         uint64_t now = now_ms(c);
-        client__grpc_timeout_format(call->deadline_ms > now ? call->deadline_ms - now : 1,
-                                    timeout);
+        client__grpc_timeout_format(call->deadline_ms > now ? call->deadline_ms - now : 1, timeout);
         nva[n++] = NV("grpc-timeout", timeout, strlen(timeout));
     }
     if (call->kind != CALL_AUTH && cn->token != NULL)
@@ -796,8 +794,7 @@ static void auth_done(struct client *c, struct call *call) {
     struct conn *cn = c->conn;
     /* An answer for a connection that is gone: its successor authenticates
      * by itself. */
-    if (c->closing || cn == NULL || cn->id != call->auth_conn_id || cn->phase != PH_READY)
-        return;
+    if (c->closing || cn == NULL || cn->id != call->auth_conn_id || cn->phase != PH_READY) return;
     CLIENT__ASSERT(cn->auth == AUTH_RUNNING);
     if (call->code == 0) {
         const Etcdserverpb__AuthenticateResponse *r =
@@ -829,8 +826,7 @@ static void auth_done(struct client *c, struct call *call) {
 static void pump(struct client *c) {
     struct conn *cn = c->conn;
     if (c->closing || cn == NULL || cn->phase != PH_READY || cn->goaway) return;
-    if (cn->auth == AUTH_NEEDED ||
-        (cn->auth == AUTH_FAILED && !client__link_empty(&c->waiting))) {
+    if (cn->auth == AUTH_NEEDED || (cn->auth == AUTH_FAILED && !client__link_empty(&c->waiting))) {
         auth_start(cn);
         return;
     }
@@ -904,8 +900,7 @@ static int on_message(void *arg, const uint8_t *data, size_t len) {
     ProtobufCMessage *msg = client__proto_unpack(call->resp_desc, data, len);
     if (msg == NULL) {
         call_finishf(call, CLIENT_GRPC_INTERNAL, call->sent, true,
-                     "grpc: failed to unmarshal the received message as %s",
-                     call->resp_desc->name);
+                     "grpc: failed to unmarshal the received message as %s", call->resp_desc->name);
         return 1;
     }
     call->n_received++;
@@ -938,8 +933,8 @@ static int on_message(void *arg, const uint8_t *data, size_t len) {
     return 0;
 }
 
-static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id,
-                         const uint8_t *data, size_t len, void *user) {
+static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *user) {
     (void)flags;
     struct conn *cn = user;
     /* Window goes back at once, for the connection even when the call is
@@ -969,8 +964,8 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t stream_id,
                      (unsigned)client__reader_declared(&call->rd), CLIENT_RECV_MSG_BYTES_MAX);
         break;
     case CLIENT_EMALFORMED:
-        call_finish(call, CLIENT_GRPC_INTERNAL,
-                    "grpc: received a compressed or malformed message", call->sent, true);
+        call_finish(call, CLIENT_GRPC_INTERNAL, "grpc: received a compressed or malformed message",
+                    call->sent, true);
         break;
     default:
         call_finish(call, CLIENT_GRPC_RESOURCE_EXHAUSTED, "client: out of memory", call->sent,
@@ -1033,15 +1028,15 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id, uint32_t erro
             return 0;
         }
         if (code == 0 && call->kind != CALL_STREAM && call->resp == NULL) {
-            call_finish(call, CLIENT_GRPC_INTERNAL, "grpc: server sent no response message",
-                        true, false);
+            call_finish(call, CLIENT_GRPC_INTERNAL, "grpc: server sent no response message", true,
+                        false);
             return 0;
         }
         call_finish(call, code, msg, false, false);
         return 0;
     }
-    if (error_code == NGHTTP2_REFUSED_STREAM && call->http_status == 0 &&
-        call->kind != CALL_AUTH && call->refusals < REFUSALS_MAX) {
+    if (error_code == NGHTTP2_REFUSED_STREAM && call->http_status == 0 && call->kind != CALL_AUTH &&
+        call->refusals < REFUSALS_MAX) {
         /* Not processed by the server (RFC 7540 section 8.1.4). */
         call->refusals++;
         call_requeue(call);
@@ -1049,8 +1044,7 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id, uint32_t erro
     }
     if (call->http_status > 0 && call->http_status != 200) {
         call_finishf(call, client__grpc_code_from_http(call->http_status), false, false,
-                     "unexpected HTTP status code received from server: %d",
-                     call->http_status);
+                     "unexpected HTTP status code received from server: %d", call->http_status);
         return 0;
     }
     if (error_code != NGHTTP2_NO_ERROR) {
@@ -1078,8 +1072,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
         if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
             stream_call(h2, frame->hd.stream_id) != NULL &&
             nghttp2_session_get_stream_local_close(h2, frame->hd.stream_id) == 0)
-            nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                      NGHTTP2_NO_ERROR);
+            nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
         break;
     case NGHTTP2_PING:
         if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
@@ -1090,8 +1083,7 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
     case NGHTTP2_GOAWAY: {
         const nghttp2_goaway *g = &frame->goaway;
         char debug[64];
-        size_t dl = g->opaque_data_len < sizeof(debug) - 1 ? g->opaque_data_len
-                                                           : sizeof(debug) - 1;
+        size_t dl = g->opaque_data_len < sizeof(debug) - 1 ? g->opaque_data_len : sizeof(debug) - 1;
         for (size_t i = 0; i < dl; i++) {
             uint8_t ch = g->opaque_data[i];
             debug[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
@@ -1108,9 +1100,8 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
         }
         if (!cn->fail_pending) {
             cn->fail_pending = true;
-            snprintf(cn->fail_reason, sizeof(cn->fail_reason),
-                     "server sent GOAWAY (%s%s%s)", nghttp2_http2_strerror(g->error_code),
-                     dl ? ": " : "", debug);
+            snprintf(cn->fail_reason, sizeof(cn->fail_reason), "server sent GOAWAY (%s%s%s)",
+                     nghttp2_http2_strerror(g->error_code), dl ? ": " : "", debug);
         }
         break;
     }
@@ -1198,8 +1189,8 @@ static void conn_fail(struct conn *cn, const char *fmt, ...) {
         } else if (call->kind != CALL_AUTH && (!call->sent || refused)) {
             call_requeue(call);
         } else {
-            call_finishf(call, CLIENT_GRPC_UNAVAILABLE, true, false,
-                         "connection to %s lost: %s", url, reason);
+            call_finishf(call, CLIENT_GRPC_UNAVAILABLE, true, false, "connection to %s lost: %s",
+                         url, reason);
         }
     }
     if (cn->h2 != NULL) nghttp2_session_del(cn->h2);
@@ -1222,8 +1213,7 @@ static void conn_fail(struct conn *cn, const char *fmt, ...) {
         if (c->round_failures >= c->n_eps) {
             c->round_failures = 0;
             uint64_t d = backoff_next(c);
-            log_line(c, "endpoint %s: %s; next try in %llu ms", url, reason,
-                     (unsigned long long)d);
+            log_line(c, "endpoint %s: %s; next try in %llu ms", url, reason, (unsigned long long)d);
             conn_timer_start(c, TIMER_NEXT, d, 0);
         } else {
             log_line(c, "endpoint %s: %s; trying %s", url, reason, c->eps[next].url);
@@ -1239,8 +1229,8 @@ static void keepalive_arm(struct client *c) {
         c->timer_mode = TIMER_IDLE;
         return;
     }
-    uint64_t period = (c->keepalive_ms < c->keepalive_timeout_ms ? c->keepalive_ms
-                                                                  : c->keepalive_timeout_ms) / 4;
+    uint64_t period =
+        (c->keepalive_ms < c->keepalive_timeout_ms ? c->keepalive_ms : c->keepalive_timeout_ms) / 4;
     if (period < 10) period = 10;
     if (period > 1000) period = 1000;
     conn_timer_start(c, TIMER_KEEPALIVE, period, period);
@@ -1379,8 +1369,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     struct conn *cn = s->conn;
     if (cn->phase == PH_DEAD || cn->sock != s) return;
     if (nread < 0) {
-        conn_fail(cn, "%s", nread == UV_EOF ? "connection closed by the server"
-                                            : uv_strerror((int)nread));
+        conn_fail(cn, "%s",
+                  nread == UV_EOF ? "connection closed by the server" : uv_strerror((int)nread));
         return;
     }
     if (nread == 0) return;
@@ -1549,9 +1539,8 @@ static void conn_timer_start(struct client *c, enum conn_timer_mode mode, uint64
 static void call_expire(struct call *call) {
     struct client *c = call->c;
     if (call->kind == CALL_STREAM) {
-        call_finishf(call, CLIENT_GRPC_UNAVAILABLE, false, false,
-                     "no connection within %u ms%s%s", c->dial_timeout_ms,
-                     c->last_err[0] ? "; last error: " : "", c->last_err);
+        call_finishf(call, CLIENT_GRPC_UNAVAILABLE, false, false, "no connection within %u ms%s%s",
+                     c->dial_timeout_ms, c->last_err[0] ? "; last error: " : "", c->last_err);
         return;
     }
     if (call->state == CALL_WAITING) {
@@ -1560,8 +1549,7 @@ static void call_expire(struct call *call) {
                      c->last_err[0] ? "; last error: " : "", c->last_err);
         return;
     }
-    call_finish(call, CLIENT_GRPC_DEADLINE_EXCEEDED, "context deadline exceeded", call->sent,
-                true);
+    call_finish(call, CLIENT_GRPC_DEADLINE_EXCEEDED, "context deadline exceeded", call->sent, true);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -1569,8 +1557,7 @@ static void on_deadline(uv_timer_t *t) {
     uint64_t now = now_ms(c);
     while (!client__link_empty(&c->unary_dl) && dl_call(c->unary_dl.next)->deadline_ms <= now)
         call_expire(dl_call(c->unary_dl.next));
-    while (!client__link_empty(&c->stream_dl) &&
-           dl_call(c->stream_dl.next)->deadline_ms <= now)
+    while (!client__link_empty(&c->stream_dl) && dl_call(c->stream_dl.next)->deadline_ms <= now)
         call_expire(dl_call(c->stream_dl.next));
     deadline_rearm(c);
 }
@@ -1680,8 +1667,8 @@ static void client_free_unstarted(struct client *c) {
     free(c);
 }
 
-int client_new(uv_loop_t *loop, const struct client_options *o, struct client **out,
-               char *err, size_t errlen) {
+int client_new(uv_loop_t *loop, const struct client_options *o, struct client **out, char *err,
+               size_t errlen) {
     CLIENT__ASSERT(loop != NULL);
     CLIENT__ASSERT(o != NULL && out != NULL);
     *out = NULL;
@@ -1732,9 +1719,10 @@ int client_new(uv_loop_t *loop, const struct client_options *o, struct client **
     for (unsigned i = 0; i < c->n_eps; i++) {
         const char *s = o->endpoints[i];
         if (s == NULL || client__url_parse(s, &c->eps[i].u) != 0) {
-            set_err(err, errlen, "endpoint %u (\"%s\"): malformed or unsupported URL; "
-                    "use http://HOST:PORT, https://HOST:PORT or HOST:PORT", i + 1,
-                    s != NULL ? s : "(null)");
+            set_err(err, errlen,
+                    "endpoint %u (\"%s\"): malformed or unsupported URL; "
+                    "use http://HOST:PORT, https://HOST:PORT or HOST:PORT",
+                    i + 1, s != NULL ? s : "(null)");
             rc = CLIENT_EURL;
             goto err_free;
         }
@@ -1827,13 +1815,11 @@ int client_unary(struct client *c, const char *path, const ProtobufCMessage *req
 
 int client_stream_open(struct client *c, const char *path,
                        const ProtobufCMessageDescriptor *resp_desc,
-                       const struct client_stream_cbs *cbs, void *arg,
-                       struct client_stream **out) {
+                       const struct client_stream_cbs *cbs, void *arg, struct client_stream **out) {
     CLIENT__ASSERT(c != NULL);
     CLIENT__ASSERT(out != NULL);
     *out = NULL;
-    if (path == NULL || path[0] != '/' || resp_desc == NULL || cbs == NULL ||
-        cbs->end_cb == NULL)
+    if (path == NULL || path[0] != '/' || resp_desc == NULL || cbs == NULL || cbs->end_cb == NULL)
         return CLIENT_EINVAL;
     CLIENT__ASSERT(resp_desc->magic == PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
     int rc = call_admit(c);

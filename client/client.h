@@ -53,14 +53,14 @@ extern "C" {
 #endif
 
 /* Error codes, in the range reserved for client/ (-1700..-1799). */
-#define CLIENT_ERRORS(X)                                                               \
-    X(CLIENT_ENOMEM, -1701, "out of memory")                                           \
-    X(CLIENT_EINVAL, -1702, "invalid argument")                                        \
-    X(CLIENT_ETLS, -1703, "TLS setup failed (certificate, key or CA unreadable or invalid)") \
-    X(CLIENT_EURL, -1704, "malformed or unsupported endpoint URL")                     \
-    X(CLIENT_ECLOSED, -1705, "the client or the stream is closed")                     \
-    X(CLIENT_EQUEUEFULL, -1706, "too many calls, or the stream's send queue is full")  \
-    X(CLIENT_ETOOBIG, -1707, "message exceeds a size limit")                           \
+#define CLIENT_ERRORS(X)                                                                           \
+    X(CLIENT_ENOMEM, -1701, "out of memory")                                                       \
+    X(CLIENT_EINVAL, -1702, "invalid argument")                                                    \
+    X(CLIENT_ETLS, -1703, "TLS setup failed (certificate, key or CA unreadable or invalid)")       \
+    X(CLIENT_EURL, -1704, "malformed or unsupported endpoint URL")                                 \
+    X(CLIENT_ECLOSED, -1705, "the client or the stream is closed")                                 \
+    X(CLIENT_EQUEUEFULL, -1706, "too many calls, or the stream's send queue is full")              \
+    X(CLIENT_ETOOBIG, -1707, "message exceeds a size limit")                                       \
     X(CLIENT_EMALFORMED, -1708, "malformed gRPC frame or protobuf message")
 
 enum client_error {
@@ -189,8 +189,8 @@ struct client; /* opaque */
  * NULL and, if err is not NULL, err[0..errlen) holds a sentence that names
  * the culprit.
  */
-int client_new(uv_loop_t *loop, const struct client_options *o, struct client **out,
-               char *err, size_t errlen);
+int client_new(uv_loop_t *loop, const struct client_options *o, struct client **out, char *err,
+               size_t errlen);
 
 /*
  * Ends the client: every unary call not yet answered gets its callback with
@@ -261,8 +261,7 @@ struct client_stream_cbs {
  */
 int client_stream_open(struct client *c, const char *path,
                        const ProtobufCMessageDescriptor *resp_desc,
-                       const struct client_stream_cbs *cbs, void *arg,
-                       struct client_stream **out);
+                       const struct client_stream_cbs *cbs, void *arg, struct client_stream **out);
 
 /* Queues one request message on the stream (encoded before this returns;
  * `msg` stays the caller's). Returns 0, CLIENT_ECLOSED (the stream has

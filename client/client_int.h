@@ -21,9 +21,9 @@
 
 #include "client/client.h"
 
-#define CLIENT__ASSERT(cond)                                                           \
-    do {                                                                               \
-        if (!(cond)) client__assert_fail(#cond, __FILE__, __LINE__);                   \
+#define CLIENT__ASSERT(cond)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) client__assert_fail(#cond, __FILE__, __LINE__);                               \
     } while (0)
 _Noreturn void client__assert_fail(const char *expr, const char *file, int line);
 
@@ -35,7 +35,7 @@ struct client__link {
     struct client__link *prev, *next;
 };
 
-#define CLIENT__CONTAINER(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+#define CLIENT__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
 static inline void client__link_init(struct client__link *l) {
     l->prev = l->next = l;
@@ -80,14 +80,14 @@ static inline void client__link_remove(struct client__link *n) {
  * is buffered.
  */
 struct client__reader {
-    size_t max_bytes;   /* largest message accepted, bytes */
+    size_t max_bytes; /* largest message accepted, bytes */
     uint8_t prefix[CLIENT__GRPC_PREFIX_BYTES];
-    size_t prefix_len;  /* prefix bytes received of the current message */
-    size_t body_len;    /* declared size of the current message, bytes */
-    uint8_t *buf;       /* body bytes received so far, when split */
-    size_t buf_len;     /* bytes in buf */
-    size_t buf_cap;     /* allocated bytes of buf */
-    bool failed;        /* an earlier feed failed; input is ignored */
+    size_t prefix_len; /* prefix bytes received of the current message */
+    size_t body_len;   /* declared size of the current message, bytes */
+    uint8_t *buf;      /* body bytes received so far, when split */
+    size_t buf_len;    /* bytes in buf */
+    size_t buf_cap;    /* allocated bytes of buf */
+    bool failed;       /* an earlier feed failed; input is ignored */
 };
 
 /* Called per complete message; data is valid during the call only. A
@@ -118,12 +118,12 @@ int client__grpc_encode(const ProtobufCMessage *msg, size_t headroom, uint8_t **
 
 /* Checks that data is well-formed protobuf wire format for desc, nested at
  * most depth_max deep. Returns 0 or CLIENT_EMALFORMED. */
-int client__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                        size_t len, unsigned depth_max);
+int client__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                        unsigned depth_max);
 /* client__proto_check, then protobuf-c's unpack; NULL when malformed or out
  * of memory. Free with protobuf_c_message_free_unpacked(m, NULL). */
-ProtobufCMessage *client__proto_unpack(const ProtobufCMessageDescriptor *desc,
-                                       const uint8_t *data, size_t len);
+ProtobufCMessage *client__proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                       size_t len);
 
 /* Decodes a grpc-message value (gRPC spec: %XX escapes; a '%' not followed
  * by two hex digits stays as is), keeping at most out_size - 1 bytes and
@@ -143,10 +143,10 @@ int client__grpc_code_from_http(int http_status);
 #define CLIENT__HOST_BYTES_MAX 254u
 
 struct client__url {
-    bool tls;                           /* https:// */
-    bool host_is_ip;                    /* IPv4 or IPv6 literal */
-    char host[CLIENT__HOST_BYTES_MAX];  /* without brackets */
-    char port[6];                       /* decimal, 1..65535 */
+    bool tls;                                    /* https:// */
+    bool host_is_ip;                             /* IPv4 or IPv6 literal */
+    char host[CLIENT__HOST_BYTES_MAX];           /* without brackets */
+    char port[6];                                /* decimal, 1..65535 */
     char authority[CLIENT__HOST_BYTES_MAX + 10]; /* host:port, IPv6 bracketed */
 };
 
@@ -159,12 +159,11 @@ int client__url_parse(const char *s, struct client__url *u);
 /* A client SSL_CTX: TLS 1.2 or later, ALPN "h2", peer verification against
  * cacert (NULL: the system's default CAs), client certificate cert/key if
  * given. Returns 0 or CLIENT_ETLS / CLIENT_ENOMEM with a sentence in err. */
-int client__tls_ctx_new(const char *cacert, const char *cert, const char *key,
-                        SSL_CTX **out, char *err, size_t errlen);
+int client__tls_ctx_new(const char *cacert, const char *cert, const char *key, SSL_CTX **out,
+                        char *err, size_t errlen);
 /* An SSL in connect state over two new memory BIOs (owned by the SSL),
  * with SNI (names only) and hostname or IP verification for u->host. */
-int client__tls_new(SSL_CTX *ctx, const struct client__url *u, SSL **ssl, BIO **rbio,
-                    BIO **wbio);
+int client__tls_new(SSL_CTX *ctx, const struct client__url *u, SSL **ssl, BIO **rbio, BIO **wbio);
 /* Why the handshake or a read on ssl failed, as a phrase ("certificate
  * verify failed: unable to get local issuer certificate"); clears
  * OpenSSL's error queue. */

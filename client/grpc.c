@@ -30,8 +30,8 @@ const char *client_strerror(int rc) {
     switch (rc) {
     case 0:
         return "success";
-#define CLIENT__ERR_CASE(name, value, text)                                            \
-    case value:                                                                        \
+#define CLIENT__ERR_CASE(name, value, text)                                                        \
+    case value:                                                                                    \
         return text;
         CLIENT_ERRORS(CLIENT__ERR_CASE)
 #undef CLIENT__ERR_CASE
@@ -257,8 +257,8 @@ static int check(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const
     return 0;
 }
 
-int client__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
-                        size_t len, unsigned depth_max) {
+int client__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                        unsigned depth_max) {
     CLIENT__ASSERT(desc != NULL);
     CLIENT__ASSERT(desc->magic == PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
     if (len == 0) return 0;
@@ -266,8 +266,8 @@ int client__proto_check(const ProtobufCMessageDescriptor *desc, const uint8_t *d
     return check(desc, data, data + len, depth_max);
 }
 
-ProtobufCMessage *client__proto_unpack(const ProtobufCMessageDescriptor *desc,
-                                       const uint8_t *data, size_t len) {
+ProtobufCMessage *client__proto_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
+                                       size_t len) {
     static const uint8_t empty[1];
     if (client__proto_check(desc, data, len, CLIENT__PROTO_DEPTH_MAX) != 0) return NULL;
     return protobuf_c_message_unpack(desc, NULL, len, len ? data : empty);
@@ -306,8 +306,8 @@ void client__grpc_timeout_format(uint64_t timeout_ms, char out[16]) {
     if (timeout_ms <= 99999999u)
         snprintf(out, 16, "%um", (unsigned)timeout_ms);
     else
-        snprintf(out, 16, "%uS", (unsigned)(timeout_ms / 1000u > 99999999u ? 99999999u
-                                                                            : timeout_ms / 1000u));
+        snprintf(out, 16, "%uS",
+                 (unsigned)(timeout_ms / 1000u > 99999999u ? 99999999u : timeout_ms / 1000u));
 }
 
 int client__grpc_code_from_http(int http_status) {
@@ -392,7 +392,6 @@ int client__url_parse(const char *s, struct client__url *u) {
         u->host_is_ip = inet_pton(AF_INET, u->host, addr) == 1;
     }
     snprintf(u->port, sizeof(u->port), "%lu", port);
-    snprintf(u->authority, sizeof(u->authority), bracketed ? "[%s]:%s" : "%s:%s", u->host,
-             u->port);
+    snprintf(u->authority, sizeof(u->authority), bracketed ? "[%s]:%s" : "%s:%s", u->host, u->port);
     return 0;
 }

@@ -113,8 +113,7 @@ err_ctx:
     return rc;
 }
 
-int client__tls_new(SSL_CTX *ctx, const struct client__url *u, SSL **ssl, BIO **rbio,
-                    BIO **wbio) {
+int client__tls_new(SSL_CTX *ctx, const struct client__url *u, SSL **ssl, BIO **rbio, BIO **wbio) {
     CLIENT__ASSERT(ctx != NULL);
     CLIENT__ASSERT(u != NULL && u->tls);
     SSL *s = SSL_new(ctx);
@@ -146,8 +145,7 @@ err_free:
 void client__tls_error(SSL *ssl, int ssl_err, char *out, size_t outlen) {
     long v = SSL_get_verify_result(ssl);
     if (v != X509_V_OK) {
-        snprintf(out, outlen, "certificate verify failed: %s",
-                 X509_verify_cert_error_string(v));
+        snprintf(out, outlen, "certificate verify failed: %s", X509_verify_cert_error_string(v));
         ERR_clear_error();
         return;
     }

@@ -42,7 +42,7 @@ void fs__assert_fail(const char *expr, const char *file, int line) {
 
 const char *fs_strerror(int rc) {
     if (rc == 0) return "success";
-#define FS__ERR_TEXT(name, value, text)                                                \
+#define FS__ERR_TEXT(name, value, text)                                                            \
     if (rc == (value)) return text;
     FS_ERRORS(FS__ERR_TEXT)
 #undef FS__ERR_TEXT
@@ -88,7 +88,9 @@ void fs_options_init(struct fs_options *opt) {
     opt->replay = 1;
 }
 
-const char *fs_errmsg(const struct fs *fs) { return fs ? fs->errmsg : ""; }
+const char *fs_errmsg(const struct fs *fs) {
+    return fs ? fs->errmsg : "";
+}
 
 /* ---- inode table ---- */
 
@@ -107,13 +109,11 @@ static struct inode **bucket_of(struct fs *fs, uint64_t h) {
     return &fs->buckets[h & (fs->nbuckets - 1)];
 }
 
-static struct inode *table_find(struct fs *fs, int is_dir, const char *k, size_t n,
-                                uint64_t h) {
+static struct inode *table_find(struct fs *fs, int is_dir, const char *k, size_t n, uint64_t h) {
     if (is_dir && n == fs->root.key_len && memcmp(k, fs->root.key, n) == 0)
         return &fs->root; /* the root lives outside the table */
     for (struct inode *in = *bucket_of(fs, h); in; in = in->hnext)
-        if (in->hash == h && in->is_dir == is_dir && in->key_len == n &&
-            memcmp(in->key, k, n) == 0)
+        if (in->hash == h && in->is_dir == is_dir && in->key_len == n && memcmp(in->key, k, n) == 0)
             return in;
     return NULL;
 }
@@ -252,8 +252,8 @@ static void rekey_one(struct fs *fs, struct inode *in, size_t cut, const char *d
     table_insert(fs, in);
 }
 
-void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len,
-                   const char *dst, size_t dst_len) {
+void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len, const char *dst,
+                   size_t dst_len) {
     pthread_mutex_lock(&fs->ino_lock);
     if (!is_dir) {
         uint64_t h = key_hash(0, dst, dst_len);
@@ -347,21 +347,20 @@ void fs__ino_pending_unexcl(struct fs *fs, const char *k, size_t kl) {
     pthread_mutex_unlock(&fs->ino_lock);
 }
 
-int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr,
-                        int to_set, struct fs_kv *kv) {
+int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr, int to_set,
+                        struct fs_kv *kv) {
     memset(kv, 0, sizeof *kv);
     pthread_mutex_lock(&fs->ino_lock);
     int p = in->pending > 0;
     if (p) {
-        if (to_set & FUSE_SET_ATTR_MODE)
-            in->pmode = (in->pmode & S_IFMT) | (attr->st_mode & 07777);
+        if (to_set & FUSE_SET_ATTR_MODE) in->pmode = (in->pmode & S_IFMT) | (attr->st_mode & 07777);
         if (to_set & FUSE_SET_ATTR_UID) in->puid = attr->st_uid;
         if (to_set & FUSE_SET_ATTR_GID) in->pgid = attr->st_gid;
         if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
-            in->pmtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW)
-                                ? fs__now_ns()
-                                : (int64_t)attr->st_mtim.tv_sec * 1000000000 +
-                                      attr->st_mtim.tv_nsec;
+            in->pmtime_ns =
+                (to_set & FUSE_SET_ATTR_MTIME_NOW)
+                    ? fs__now_ns()
+                    : (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
             in->meta_set_ns = fs__now_ns();
         }
         kv->mode = in->pmode;
@@ -387,8 +386,8 @@ char *fs__ino_key(struct fs *fs, struct inode *in, size_t *len) {
 
 /* ---- key-space helpers ---- */
 
-char *fs__cat(const char *a, size_t al, const char *b, size_t bl, const char *c,
-              size_t cl, size_t *out_len) {
+char *fs__cat(const char *a, size_t al, const char *b, size_t bl, const char *c, size_t cl,
+              size_t *out_len) {
     char *r = malloc(al + bl + cl + 1);
     if (r == NULL) return NULL;
     if (al) memcpy(r, a, al);
@@ -437,8 +436,7 @@ int fs__any_prefix(struct fs *fs, const char *p, size_t pl) {
 }
 
 /* Whether the node d + name has a subtree (some key d + name + "/..."). */
-static int has_subtree(struct fs *fs, const char *d, size_t dl, const char *name,
-                       size_t nl) {
+static int has_subtree(struct fs *fs, const char *d, size_t dl, const char *name, size_t nl) {
     size_t ll, hl;
     char *lo = fs__cat(d, dl, name, nl, "/", 1, &ll);
     char *hi = fs__cat(d, dl, name, nl, "0", 1, &hl);
@@ -462,8 +460,8 @@ static int name_cmp(const char *a, size_t al, const char *b, size_t bl) {
  * subtree keys sorts before m0 while its keys sort after d+m0 ("a" with key
  * "a/x" versus "a!"), so those prefixes are checked first.
  */
-int fs__next_child(struct fs *fs, const char *d, size_t dl, const char *after,
-                   size_t afl, char **name, size_t *nl, int *is_dir) {
+int fs__next_child(struct fs *fs, const char *d, size_t dl, const char *after, size_t afl,
+                   char **name, size_t *nl, int *is_dir) {
     char *end = NULL, *start = NULL, *cur = NULL;
     size_t endl, startl, curl = 0;
     int have_after = after != NULL;
@@ -614,7 +612,9 @@ int fs__submit(struct fs *fs, struct op *op, const struct fs_txn *txn) {
     return fs->be.submit(fs->be.data, txn, fs__op_done, op);
 }
 
-static void barrier_done(void *arg, int err) { fs__op_done(arg, err, NULL); }
+static void barrier_done(void *arg, int err) {
+    fs__op_done(arg, err, NULL);
+}
 
 int fs__barrier(struct fs *fs, struct op *op) {
     if (!op->counted) {
@@ -684,8 +684,7 @@ static void *work_main(void *arg) {
     struct fs *fs = arg;
     pthread_mutex_lock(&fs->q_lock);
     for (;;) {
-        while (fs->work_head == NULL && !fs->q_stop)
-            pthread_cond_wait(&fs->work_cond, &fs->q_lock);
+        while (fs->work_head == NULL && !fs->q_stop) pthread_cond_wait(&fs->work_cond, &fs->q_lock);
         if (fs->work_head == NULL) break; /* stopping and drained */
         struct op *op = fs->work_head;
         fs->work_head = op->next;
@@ -836,8 +835,7 @@ struct held_key {
 static void inval_all(struct fs *fs, struct fuse_session *se) {
     struct held_key *list = NULL;
     pthread_mutex_lock(&fs->ino_lock);
-    for (struct inode *in = fs->all_inodes.all_next; in != &fs->all_inodes;
-         in = in->all_next) {
+    for (struct inode *in = fs->all_inodes.all_next; in != &fs->all_inodes; in = in->all_next) {
         if (!in->linked) continue;
         struct held_key *it = malloc(sizeof *it + in->key_len + 1);
         if (it == NULL) break;
@@ -859,8 +857,7 @@ static void inval_all(struct fs *fs, struct fuse_session *se) {
         /* the entry naming it: its last component in its parent */
         size_t end = is_dir ? it->key_len - 1 : it->key_len, p = end;
         while (p > 0 && it->key[p - 1] != '/') p--;
-        if (p >= fs->prefix_len)
-            inval_name(fs, se, it->key, p, it->key + p, end - p, 0);
+        if (p >= fs->prefix_len) inval_name(fs, se, it->key, p, it->key + p, end - p, 0);
         free(it);
     }
 }
@@ -870,8 +867,7 @@ static void *inval_main(void *arg) {
     struct fuse_session *se = atomic_load(&fs->se);
     pthread_mutex_lock(&fs->q_lock);
     for (;;) {
-        while (fs->inval_head == NULL && !fs->q_stop)
-            pthread_cond_wait(&fs->q_cond, &fs->q_lock);
+        while (fs->inval_head == NULL && !fs->q_stop) pthread_cond_wait(&fs->q_cond, &fs->q_lock);
         if (fs->inval_head == NULL) break;
         struct queue_item *it = fs->inval_head;
         fs->inval_head = it->next;
@@ -907,8 +903,7 @@ int fs_new(const struct fs_options *opt, const struct fs_backend *be, struct fs 
     FS_ASSERT(be != NULL);
     FS_ASSERT(out != NULL);
     *out = NULL;
-    if (be->get == NULL || be->range == NULL || be->revision == NULL ||
-        be->submit == NULL)
+    if (be->get == NULL || be->range == NULL || be->revision == NULL || be->submit == NULL)
         return FS_EOPTION;
     if (opt->mountpoint == NULL || opt->mountpoint[0] == '\0') return FS_EOPTION;
     const char *p = opt->prefix ? opt->prefix : "/";
@@ -960,8 +955,7 @@ int fs_new(const struct fs_options *opt, const struct fs_backend *be, struct fs 
     pthread_cond_init(&fs->work_cond, NULL);
     pthread_cond_init(&fs->rp_cond, NULL);
     pthread_mutex_init(&fs->ov_lock, NULL);
-    const char *fm[] = {"/usr/bin/fusermount3", "/bin/fusermount3",
-                        "/usr/local/bin/fusermount3"};
+    const char *fm[] = {"/usr/bin/fusermount3", "/bin/fusermount3", "/usr/local/bin/fusermount3"};
     for (size_t i = 0; i < sizeof fm / sizeof fm[0]; i++) {
         if (access(fm[i], X_OK) == 0) {
             snprintf(fs->fusermount_path, sizeof fs->fusermount_path, "%s", fm[i]);
@@ -1080,8 +1074,7 @@ static void *worker_main(void *arg) {
 
 /* Detaches a stale mount at dir (root: umount2; else fusermount3 -u -z). */
 static void detach_stale(struct fs *fs, const char *dir) {
-    if (umount2(dir, MNT_DETACH) == 0 || errno != EPERM || fs->fusermount_path[0] == '\0')
-        return;
+    if (umount2(dir, MNT_DETACH) == 0 || errno != EPERM || fs->fusermount_path[0] == '\0') return;
     pid_t pid = fork();
     if (pid == 0) {
         char *const argv[] = {fs->fusermount_path, "-u", "-z", "--", (char *)dir, NULL};
@@ -1100,7 +1093,8 @@ static int check_mountpoint(struct fs *fs) {
         if (stat(dir, &st) != 0 && (errno == ENOTCONN || errno == ECONNABORTED)) {
             snprintf(fs->errmsg, sizeof fs->errmsg,
                      "mountpoint %.180s: a stale mount that cannot be detached "
-                     "(fusermount3 -u -z %.30s)", dir, dir);
+                     "(fusermount3 -u -z %.30s)",
+                     dir, dir);
             return FS_EMOUNT;
         }
     }
@@ -1120,7 +1114,8 @@ static int check_mountpoint(struct fs *fs) {
     if (pr != 0 || pst.st_dev != st.st_dev || pst.st_ino == st.st_ino) {
         snprintf(fs->errmsg, sizeof fs->errmsg,
                  "mountpoint %.100s is already a mount point (a live quorumfs or another "
-                 "filesystem); unmount it first: umount %.60s", dir, dir);
+                 "filesystem); unmount it first: umount %.60s",
+                 dir, dir);
         return FS_EMOUNT;
     }
     if (!fs->opt.mount_nonempty) {
@@ -1132,7 +1127,8 @@ static int check_mountpoint(struct fs *fs) {
         if (n > 0) {
             snprintf(fs->errmsg, sizeof fs->errmsg,
                      "mountpoint %.120s is not empty (its files would be hidden); "
-                     "allow it with mount_nonempty (--mount-nonempty)", dir);
+                     "allow it with mount_nonempty (--mount-nonempty)",
+                     dir);
             return FS_EMOUNT;
         }
     }
@@ -1142,8 +1138,7 @@ static int check_mountpoint(struct fs *fs) {
 int fs_run(struct fs *fs) {
     FS_ASSERT(fs != NULL);
     int expected = FS__NEW;
-    if (!atomic_compare_exchange_strong(&fs->state, &expected, FS__RUNNING))
-        return FS_ESTATE;
+    if (!atomic_compare_exchange_strong(&fs->state, &expected, FS__RUNNING)) return FS_ESTATE;
     int rc = 0, started_inval = 0, started_work = 0;
     char opts[512];
     rc = check_mountpoint(fs);

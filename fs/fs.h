@@ -63,9 +63,9 @@ extern "C" {
 
 /* Error codes, in the range reserved for fs/ (-4000..-4099). Everything else
  * an fs_* function returns is a negative errno. */
-#define FS_ERRORS(X)                                                                   \
-    X(FS_EMOUNT, -4001, "cannot mount the filesystem (see fs_errmsg)")                 \
-    X(FS_ESTATE, -4002, "call not allowed in the current state of the fs object")      \
+#define FS_ERRORS(X)                                                                               \
+    X(FS_EMOUNT, -4001, "cannot mount the filesystem (see fs_errmsg)")                             \
+    X(FS_ESTATE, -4002, "call not allowed in the current state of the fs object")                  \
     X(FS_EOPTION, -4003, "invalid option (see fs_errmsg)")
 
 enum fs_error {
@@ -147,8 +147,8 @@ struct fs_op {
     size_t range_end_len;
     const char *value; /* FS_OP_PUT; may be NULL when value_len == 0 */
     size_t value_len;
-    int64_t lease;     /* FS_OP_PUT: lease ID, 0 = none, or FS_LEASE_KEEP */
-    uint32_t mode;     /* FS_OP_PUT: metadata stored with the value (fs_kv) */
+    int64_t lease; /* FS_OP_PUT: lease ID, 0 = none, or FS_LEASE_KEEP */
+    uint32_t mode; /* FS_OP_PUT: metadata stored with the value (fs_kv) */
     uint32_t uid;
     uint32_t gid;
     int64_t mtime_ns;
@@ -192,9 +192,8 @@ struct fs_backend {
      * set to 1 when further keys exist in the range. With keys_only != 0
      * every field but value is filled: value is NULL, value_len is still the
      * value's length. */
-    int (*range)(void *data, const char *start, size_t start_len, const char *end,
-                 size_t end_len, size_t limit, int keys_only, struct fs_kv **out,
-                 size_t *n_out, int *more);
+    int (*range)(void *data, const char *start, size_t start_len, const char *end, size_t end_len,
+                 size_t limit, int keys_only, struct fs_kv **out, size_t *n_out, int *more);
 
     /* The store's current revision (the latest applied on this node). */
     int (*revision)(void *data, int64_t *out);
@@ -204,8 +203,7 @@ struct fs_backend {
      * called). txn and everything it points to is borrowed for the duration
      * of this call only: the backend copies or encodes what it keeps. Must
      * not wait for consensus. */
-    int (*submit)(void *data, const struct fs_txn *txn, fs_txn_done_cb done_cb,
-                  void *arg);
+    int (*submit)(void *data, const struct fs_txn *txn, fs_txn_done_cb done_cb, void *arg);
 
     /* Optional (may be NULL): bytes the store uses and its quota (0 = none),
      * shown by statfs(2). */
@@ -230,45 +228,47 @@ struct fs_backend {
 /* The filesystem object.                                                    */
 
 /* Limits and defaults. */
-#define FS_VALUE_BYTES_MAX_DEFAULT (1024u * 1024u)  /* etcd's 1.5 MiB request cap, less
+#define FS_VALUE_BYTES_MAX_DEFAULT                                                                 \
+    (1024u * 1024u) /* etcd's 1.5 MiB request cap, less
                                                        room for the key */
-#define FS_TXN_OPS_MAX_DEFAULT 1024u /* a directory rename moving more keys than
+#define FS_TXN_OPS_MAX_DEFAULT                                                                     \
+    1024u                           /* a directory rename moving more keys than
                                         this fails with EXDEV (mv then copies) */
-#define FS_TIMEOUT_MS_DEFAULT 1000u  /* kernel entry and attribute cache */
-#define FS_THREADS_MAX_DEFAULT 8u    /* FUSE worker threads */
-#define FS_PREFIX_BYTES_MAX 4096u    /* longest mount prefix */
+#define FS_TIMEOUT_MS_DEFAULT 1000u /* kernel entry and attribute cache */
+#define FS_THREADS_MAX_DEFAULT 8u   /* FUSE worker threads */
+#define FS_PREFIX_BYTES_MAX 4096u   /* longest mount prefix */
 
 struct fs_options {
-    const char *mountpoint;  /* required; an existing directory */
-    const char *prefix;      /* key prefix shown at the mount root; default "/".
+    const char *mountpoint;    /* required; an existing directory */
+    const char *prefix;        /* key prefix shown at the mount root; default "/".
                                 A non-empty prefix not ending in '/' gets one
                                 appended ("/app" shows keys "/app/..."). "" shows
                                 the whole key space. */
-    size_t prefix_len;       /* 0: strlen(prefix) (prefixes may hold any byte) */
+    size_t prefix_len;         /* 0: strlen(prefix) (prefixes may hold any byte) */
     uint32_t entry_timeout_ms; /* kernel dentry cache */
     uint32_t attr_timeout_ms;  /* kernel attribute cache */
-    size_t value_bytes_max;  /* a write that makes a file larger fails EFBIG */
-    uint32_t txn_ops_max;    /* most ops fs puts in one transaction */
-    uint32_t uid, gid;       /* owner of keys without metadata and of
+    size_t value_bytes_max;    /* a write that makes a file larger fails EFBIG */
+    uint32_t txn_ops_max;      /* most ops fs puts in one transaction */
+    uint32_t uid, gid;         /* owner of keys without metadata and of
                                 directories without marker (default: the
                                 caller's real uid/gid, root for a node run as
                                 root); files created through the mount belong
                                 to their creator */
-    uint32_t file_mode;      /* permissions of keys without metadata (0644) */
-    uint32_t dir_mode;       /* permissions of directories without marker (0755) */
-    uint32_t threads_max;    /* FUSE worker threads */
-    int allow_other;         /* -o allow_other: other users may enter, as the
+    uint32_t file_mode;        /* permissions of keys without metadata (0644) */
+    uint32_t dir_mode;         /* permissions of directories without marker (0755) */
+    uint32_t threads_max;      /* FUSE worker threads */
+    int allow_other;           /* -o allow_other: other users may enter, as the
                                 modes allow; default 1 when run as root (as
                                 another user it needs user_allow_other in
                                 /etc/fuse.conf), else 0 */
-    int default_permissions; /* -o default_permissions (the kernel checks
+    int default_permissions;   /* -o default_permissions (the kernel checks
                                 modes: others read 0644 files, only the owner
                                 writes); default 1 */
-    int debug;               /* libfuse debug output on stderr */
-    const char *fsname;      /* shown in /proc/mounts; default "quorumfs" */
-    int replay;              /* replay non-local changes through the mountpoint
+    int debug;                 /* libfuse debug output on stderr */
+    const char *fsname;        /* shown in /proc/mounts; default "quorumfs" */
+    int replay;                /* replay non-local changes through the mountpoint
                                 so the kernel emits inotify events; default 1 */
-    int linearizable_open;   /* open(2) of a file waits for be.read_barrier, so
+    int linearizable_open;     /* open(2) of a file waits for be.read_barrier, so
                                 it reads every write committed before it on
                                 any node; default 0 (the local applied state) */
     /* Optional: called once by fs_run, on its thread, when the mount is up
@@ -276,7 +276,7 @@ struct fs_options {
      * directory below it). Must not call back into fs. */
     void (*mounted_cb)(void *arg);
     void *mounted_arg;
-    int mount_nonempty;      /* mount over a directory that holds files (hidden
+    int mount_nonempty; /* mount over a directory that holds files (hidden
                                 while mounted); default 0: fs_run refuses */
 };
 

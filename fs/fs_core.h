@@ -32,23 +32,23 @@
 #include <sys/types.h>
 
 /* Bounds on work that outside input can grow. */
-#define FS__RETRIES_MAX 8u            /* re-reads after a failed compare */
-#define FS__HASHED_SCAN_MAX 4096u     /* children examined to resolve a long name */
+#define FS__RETRIES_MAX 8u                            /* re-reads after a failed compare */
+#define FS__HASHED_SCAN_MAX 4096u                     /* children examined to resolve a long name */
 #define FS__DIR_NAMES_BYTES_MAX (16u * 1024u * 1024u) /* readdir cursor memory */
-#define FS__PREFIX_CANDIDATES_MAX 4096u /* see next_child() in fs.c */
-#define FS__DETACH_WAIT_MS 2000     /* for the kernel to end a detached mount */
+#define FS__PREFIX_CANDIDATES_MAX 4096u               /* see next_child() in fs.c */
+#define FS__DETACH_WAIT_MS 2000                       /* for the kernel to end a detached mount */
 
 struct inode {
-    struct inode *hnext; /* hash chain; ino_lock */
+    struct inode *hnext;               /* hash chain; ino_lock */
     struct inode *all_prev, *all_next; /* every live inode but the root; ino_lock */
-    uint64_t hash;       /* of (is_dir, key); ino_lock */
-    char *key;           /* ino_lock (changes on rename) */
+    uint64_t hash;                     /* of (is_dir, key); ino_lock */
+    char *key;                         /* ino_lock (changes on rename) */
     size_t key_len;
-    int is_dir;        /* immutable */
-    int is_root;       /* immutable */
-    int linked;        /* in the table; ino_lock */
-    uint64_t nlookup;  /* kernel lookup count; ino_lock */
-    int64_t cache_rev; /* mod_revision of the content the kernel's page cache
+    int is_dir;          /* immutable */
+    int is_root;         /* immutable */
+    int linked;          /* in the table; ino_lock */
+    uint64_t nlookup;    /* kernel lookup count; ino_lock */
+    int64_t cache_rev;   /* mod_revision of the content the kernel's page cache
                           was last filled from (keep_cache); ino_lock */
     int64_t meta_set_ns; /* wall clock of the last explicit mtime set through
                             this mount; ino_lock */
@@ -82,23 +82,23 @@ struct fh {
     struct inode *ino;
     char *buf;
     size_t len, cap;
-    int dirty;          /* 0 clean; FH_DIRTY_DATA written; FH_DIRTY_TRUNC only
+    int dirty;               /* 0 clean; FH_DIRTY_DATA written; FH_DIRTY_TRUNC only
                            truncated by open(O_TRUNC) (both put as in
                            put_handle in ops.c) */
-    int failed;         /* a write failed (EFBIG): nothing of this handle is
+    int failed;              /* a write failed (EFBIG): nothing of this handle is
                            put, and flush reports the error */
-    int replay;         /* opened by the replay thread: writes are dropped,
+    int replay;              /* opened by the replay thread: writes are dropped,
                            nothing is ever put */
-    int append;         /* O_APPEND */
-    int64_t write_ns;   /* wall clock of the last write/truncate */
+    int append;              /* O_APPEND */
+    int64_t write_ns;        /* wall clock of the last write/truncate */
     uint32_t mode, uid, gid; /* metadata when opened (used if the key vanished) */
-    int creating;       /* created by this handle, not in the store before its
+    int creating;            /* created by this handle, not in the store before its
                            first put (counted in ino->pending until then) */
-    int put_once;       /* a put of this handle was applied */
-    int have_last;      /* last_sha/last_len describe the last applied put */
+    int put_once;            /* a put of this handle was applied */
+    int have_last;           /* last_sha/last_len describe the last applied put */
     size_t last_len;
     unsigned char last_sha[32];
-    pid_t opener;       /* thread group that opened it (0: unknown); only its
+    pid_t opener; /* thread group that opened it (0: unknown); only its
                            close (flush) puts, see put_handle */
 };
 
@@ -118,8 +118,8 @@ struct dh {
     char **names;
     size_t *lens;
     size_t n, cap;
-    uint64_t base;    /* entries dropped from the front (memory bound) */
-    size_t bytes;     /* sum of lens */
+    uint64_t base; /* entries dropped from the front (memory bound) */
+    size_t bytes;  /* sum of lens */
     int at_end;
 };
 
@@ -139,13 +139,13 @@ enum op_kind {
 
 /* A name resolved in a directory: what it denotes in the key space. */
 struct child {
-    char *d;      /* the directory's prefix */
+    char *d; /* the directory's prefix */
     size_t dl;
-    char *raw;    /* the key component; NULL for "%value" */
+    char *raw; /* the key component; NULL for "%value" */
     size_t rl;
-    char *fkey;   /* the key of the file this name would be */
+    char *fkey; /* the key of the file this name would be */
     size_t fkl;
-    char *dkey;   /* the prefix of the directory it would be; NULL for "%value" */
+    char *dkey; /* the prefix of the directory it would be; NULL for "%value" */
     size_t dkl;
     int is_value; /* the name was "%value" (the directory's own value) */
     int in_root;  /* the directory is the mount root */
@@ -158,8 +158,8 @@ struct op {
     struct fs *fs;
     fuse_req_t req;
     enum op_kind kind;
-    int counted;      /* counted in fs->in_flight (fs__submit) */
-    int err;          /* done_cb's err */
+    int counted; /* counted in fs->in_flight (fs__submit) */
+    int err;     /* done_cb's err */
     struct fs_txn_result res;
     unsigned retries;
     struct child a, b; /* target (rename: source), rename destination */
@@ -171,19 +171,19 @@ struct op {
     struct inode *ino; /* setattr */
     struct stat attr;  /* setattr: requested values */
     int to_set;
-    char *value;       /* setattr: the value put */
+    char *value; /* setattr: the value put */
     size_t value_len;
-    int64_t mtime_ns;  /* the metadata put */
-    size_t put_len;    /* flush/fsync/release: the bytes put (length, SHA-256) */
+    int64_t mtime_ns; /* the metadata put */
+    size_t put_len;   /* flush/fsync/release: the bytes put (length, SHA-256) */
     unsigned char put_sha[32];
-    int put_first;     /* the first put of a creating handle */
+    int put_first; /* the first put of a creating handle */
 };
 
 struct queue_item {
     struct queue_item *next;
     enum fs_change_type type;
-    int reset; /* fs_notify_reset: every held inode, no key */
-    int drop;  /* a pending file abandoned unput: drop its dentry (never replayed) */
+    int reset;     /* fs_notify_reset: every held inode, no key */
+    int drop;      /* a pending file abandoned unput: drop its dentry (never replayed) */
     int meta_only; /* fs_change.meta_only */
     int created, local, more;
     int64_t revision;
@@ -228,27 +228,27 @@ struct fs {
     pthread_mutex_t q_lock; /* both queues below */
     pthread_cond_t q_cond;
     struct queue_item *inval_head, *inval_tail; /* q_lock */
-    size_t inval_len;                            /* q_lock */
-    struct op *work_head, *work_tail;            /* q_lock */
-    int q_stop;                                  /* q_lock */
-    uint64_t inval_dropped;                      /* q_lock */
+    size_t inval_len;                           /* q_lock */
+    struct op *work_head, *work_tail;           /* q_lock */
+    int q_stop;                                 /* q_lock */
+    uint64_t inval_dropped;                     /* q_lock */
     pthread_t inval_thread, work_thread;
     pthread_cond_t work_cond;
 
     /* The replay thread (replay.c). Requests whose ctx->pid is replay_tid
      * are acknowledged without proposing (fs__is_replay). */
-    atomic_int replay_tid;     /* 0 = none */
+    atomic_int replay_tid; /* 0 = none */
     pthread_t replay_thread;
     atomic_int replay_started; /* the inval thread reads it while fs_run sets/clears it */
-    pthread_cond_t rp_cond;                   /* with q_lock */
-    struct queue_item *rp_head, *rp_tail;     /* q_lock */
-    size_t rp_len;                            /* q_lock */
-    uint64_t rp_dropped;                      /* q_lock */
-    _Atomic int64_t notified_rev; /* highest revision fs_notify_change saw */
-    atomic_int replay_busy; /* inside a batch of syscalls on the mount: the
+    pthread_cond_t rp_cond;    /* with q_lock */
+    struct queue_item *rp_head, *rp_tail; /* q_lock */
+    size_t rp_len;                        /* q_lock */
+    uint64_t rp_dropped;                  /* q_lock */
+    _Atomic int64_t notified_rev;         /* highest revision fs_notify_change saw */
+    atomic_int replay_busy;               /* inside a batch of syscalls on the mount: the
                                workers keep serving until it is 0 */
-    pthread_mutex_t ov_lock; /* the lookup overrides below */
-    const struct fs__override *ov; /* what lookups from the replay thread see
+    pthread_mutex_t ov_lock;              /* the lookup overrides below */
+    const struct fs__override *ov;        /* what lookups from the replay thread see
                                       (the replay thread's array) */
     size_t n_ov;
 };
@@ -278,8 +278,8 @@ fuse_ino_t fs__ino_peek(struct fs *fs, int is_dir, const char *key, size_t key_l
 void fs__ino_forget(struct fs *fs, struct inode *in, uint64_t n);
 void fs__ino_detach(struct fs *fs, int is_dir, const char *key, size_t key_len);
 /* After a rename from src to dst: moves every inode at or below src. */
-void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len,
-                   const char *dst, size_t dst_len);
+void fs__ino_rekey(struct fs *fs, int is_dir, const char *src, size_t src_len, const char *dst,
+                   size_t dst_len);
 /* Whether file key k is a pending file of this mount (a created file not
  * put yet); if so fills kv's metadata (no key, no value, size 0). */
 int fs__ino_pending(struct fs *fs, const char *k, size_t kl, struct fs_kv *kv);
@@ -287,14 +287,14 @@ int fs__ino_pending(struct fs *fs, const char *k, size_t kl, struct fs_kv *kv);
 void fs__ino_pending_unexcl(struct fs *fs, const char *k, size_t kl);
 /* Applies chmod/chown/utimens (FUSE_SET_ATTR_* bits of to_set) to pending
  * inode in; returns 1 and its metadata in kv, or 0 if in is not pending. */
-int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr,
-                        int to_set, struct fs_kv *kv);
+int fs__ino_pending_set(struct fs *fs, struct inode *in, const struct stat *attr, int to_set,
+                        struct fs_kv *kv);
 /* Copies the inode's key (caller frees). */
 char *fs__ino_key(struct fs *fs, struct inode *in, size_t *len);
 
 /* Concatenates up to three byte strings into a malloc()ed buffer. */
-char *fs__cat(const char *a, size_t al, const char *b, size_t bl, const char *c,
-              size_t cl, size_t *out_len);
+char *fs__cat(const char *a, size_t al, const char *b, size_t bl, const char *c, size_t cl,
+              size_t *out_len);
 /* Whether some key lies in [lo, hi) (hi NULL: unbounded). 1, 0 or -errno. */
 int fs__any(struct fs *fs, const char *lo, size_t lol, const char *hi, size_t hil);
 /* Whether some key starts with prefix. */
@@ -304,8 +304,8 @@ int fs__any_prefix(struct fs *fs, const char *p, size_t pl);
  * first one when after == NULL), skipping the hidden marker. Returns 1 with
  * *name (malloc()ed raw bytes) and *is_dir set, 0 when there is none, or
  * -errno. */
-int fs__next_child(struct fs *fs, const char *d, size_t dl, const char *after,
-                   size_t afl, char **name, size_t *nl, int *is_dir);
+int fs__next_child(struct fs *fs, const char *d, size_t dl, const char *after, size_t afl,
+                   char **name, size_t *nl, int *is_dir);
 
 /* Whether removing the child named raw from directory d (not the root)
  * leaves d without any key, so a marker must be put to keep it. */

@@ -12,9 +12,9 @@
 #include <stdint.h>
 
 /* Stays on in release builds: prints the expression, file and line. */
-#define FS_ASSERT(cond)                                                                   \
-    do {                                                                               \
-        if (!(cond)) fs__assert_fail(#cond, __FILE__, __LINE__);                       \
+#define FS_ASSERT(cond)                                                                            \
+    do {                                                                                           \
+        if (!(cond)) fs__assert_fail(#cond, __FILE__, __LINE__);                                   \
     } while (0)
 
 _Noreturn void fs__assert_fail(const char *expr, const char *file, int line);
@@ -36,8 +36,7 @@ int fs__name_is_value(const char *name, size_t name_len);
  * bytes) and their length, and returns 1; else returns 0. Whether some key
  * component really spells as name is for the caller to check by encoding
  * candidates. */
-int fs__name_hashed(const char *name, size_t name_len, char *prefix_out,
-                    size_t *prefix_len);
+int fs__name_hashed(const char *name, size_t name_len, char *prefix_out, size_t *prefix_len);
 
 /* SHA-256 of data[0..len). */
 void fs__sha256(const void *data, size_t len, unsigned char out[32]);

@@ -39,9 +39,13 @@
 #define STATFS_BLOCK 4096u
 #define STATFS_BLOCKS_NO_QUOTA (UINT64_C(1) << 32) /* 16 TiB shown when unknown */
 
-static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
+static struct fs *fs_of(fuse_req_t req) {
+    return fuse_req_userdata(req);
+}
 
-static double secs(uint32_t ms) { return (double)ms / 1000.0; }
+static double secs(uint32_t ms) {
+    return (double)ms / 1000.0;
+}
 
 /* ---- store reads ---- */
 
@@ -135,8 +139,8 @@ static int dir_attr(struct fs *fs, fuse_ino_t ino, const char *d, size_t dl, int
 
 /* ---- names ---- */
 
-static int resolve_hashed(struct fs *fs, const char *d, size_t dl, const char *name,
-                          size_t nl, char **raw, size_t *rl) {
+static int resolve_hashed(struct fs *fs, const char *d, size_t dl, const char *name, size_t nl,
+                          char **raw, size_t *rl) {
     char prefix[FS_NAME_MAX + 1];
     size_t pl;
     if (!fs__name_hashed(name, nl, prefix, &pl)) return -EINVAL;
@@ -173,8 +177,7 @@ static int resolve_hashed(struct fs *fs, const char *d, size_t dl, const char *n
 /* Resolves name in directory dir into c. Returns 0, -ENOTDIR, -ENAMETOOLONG,
  * -EINVAL (no key spells as name), -ENOENT (an unresolved long name) or
  * -errno. */
-static int child_resolve(struct fs *fs, struct inode *dir, const char *name,
-                         struct child *c) {
+static int child_resolve(struct fs *fs, struct inode *dir, const char *name, struct child *c) {
     memset(c, 0, sizeof *c);
     if (!dir->is_dir) return -ENOTDIR;
     size_t nl = strlen(name);
@@ -405,8 +408,7 @@ struct txn_b {
     size_t nc, no;
 };
 
-static struct fs_cmp *add_cmp(struct txn_b *t, enum fs_cmp_type type, const char *k,
-                              size_t kl) {
+static struct fs_cmp *add_cmp(struct txn_b *t, enum fs_cmp_type type, const char *k, size_t kl) {
     FS_ASSERT(t->nc < TXN_SMALL);
     struct fs_cmp *c = &t->cmps[t->nc++];
     memset(c, 0, sizeof *c);
@@ -416,8 +418,7 @@ static struct fs_cmp *add_cmp(struct txn_b *t, enum fs_cmp_type type, const char
     return c;
 }
 
-static struct fs_op *add_op(struct txn_b *t, enum fs_op_type type, const char *k,
-                            size_t kl) {
+static struct fs_op *add_op(struct txn_b *t, enum fs_op_type type, const char *k, size_t kl) {
     FS_ASSERT(t->no < TXN_SMALL);
     struct fs_op *o = &t->ops[t->no++];
     memset(o, 0, sizeof *o);
@@ -461,8 +462,7 @@ static void op_fail(struct op *op, int rc) {
 }
 
 /* A marker keeps directory c.d when the change removes its last key. */
-static int maybe_marker(struct fs *fs, const struct child *c, struct txn_b *t,
-                        int64_t now) {
+static int maybe_marker(struct fs *fs, const struct child *c, struct txn_b *t, int64_t now) {
     if (c->in_root || c->is_value) return 0;
     int rc = fs__would_empty(fs, c->d, c->dl, c->raw, c->rl);
     if (rc <= 0) return rc;
@@ -536,7 +536,9 @@ static pid_t tgid_of(pid_t tid) {
     return (pid_t)strtol(t + 6, NULL, 10);
 }
 
-static pid_t req_tgid(fuse_req_t req) { return tgid_of(fuse_req_ctx(req)->pid); }
+static pid_t req_tgid(fuse_req_t req) {
+    return tgid_of(fuse_req_ctx(req)->pid);
+}
 
 /* Whether process tgid still has a descriptor open on FUSE inode ino (read
  * from /proc/<tgid>/fdinfo, whose "ino:" is the number we gave the
@@ -600,8 +602,7 @@ static void create_open_existing(struct op *op);
 static void mkdir_done(struct op *op);
 static void rename_done(struct op *op);
 
-static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv,
-                             int64_t rev);
+static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv, int64_t rev);
 
 static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
     struct fs *fs = op->fs;
@@ -616,8 +617,7 @@ static void reply_created(struct op *op, const struct fs_kv *kv, int64_t rev) {
 }
 
 /* Replies to create/mknod with inode in (one lookup reference taken). */
-static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv,
-                             int64_t rev) {
+static void reply_created_in(struct op *op, struct inode *in, const struct fs_kv *kv, int64_t rev) {
     struct fs *fs = op->fs;
     struct stat st;
     fs__attr_of_kv(fs, fs__ino_num(fs, in), 0, kv, &st);
@@ -842,8 +842,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     make_file(req, parent, name, mode, fi, NULL);
 }
 
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-                     dev_t rdev) {
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev) {
     (void)rdev;
     if (!S_ISREG(mode)) { /* keys hold bytes: no devices, fifos or sockets */
         fuse_reply_err(req, EPERM);
@@ -1042,8 +1041,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name) {
 static void rename_start(struct op *op);
 static void rename_pending(struct op *op);
 
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
-                      fuse_ino_t newparent, const char *newname, unsigned int flags) {
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags) {
     struct fs *fs = fs_of(req);
     if (flags & ~(unsigned)RENAME_NOREPLACE) { /* RENAME_EXCHANGE, WHITEOUT */
         fuse_reply_err(req, EINVAL);
@@ -1146,8 +1145,8 @@ static int rename_dir(struct op *op, int dst_kind) {
     rc = -ENOMEM;
     if (!send || !dend || !dlo) goto out;
     int unb = sel == 1 && send[0] == '\0';
-    rc = fs->be.range(fs->be.data, s->dkey, s->dkl, unb ? NULL : send, unb ? 0 : sel,
-                      max_keys, 0, &kvs, &n, &more);
+    rc = fs->be.range(fs->be.data, s->dkey, s->dkl, unb ? NULL : send, unb ? 0 : sel, max_keys, 0,
+                      &kvs, &n, &more);
     if (rc < 0) goto out;
     if (more) {
         rc = -EXDEV; /* too large for one transaction: mv copies instead */
@@ -1168,12 +1167,12 @@ static int rename_dir(struct op *op, int dst_kind) {
     cmps[nc] = (struct fs_cmp){FS_CMP_MOD_LE, s->dkey, s->dkl, send, sel, rev};
     nc++;
     for (size_t i = 0; i < n; i++) {
-        cmps[nc] = (struct fs_cmp){FS_CMP_MOD_EQ, kvs[i].key, kvs[i].key_len, NULL, 0,
-                                   kvs[i].mod_revision};
+        cmps[nc] = (struct fs_cmp){FS_CMP_MOD_EQ, kvs[i].key, kvs[i].key_len,
+                                   NULL,          0,          kvs[i].mod_revision};
         nc++;
     }
-    cmps[nc] = (struct fs_cmp){FS_CMP_MOD_EQ, s->fkey, s->fkl, NULL, 0,
-                               have_v ? vkv.mod_revision : 0};
+    cmps[nc] =
+        (struct fs_cmp){FS_CMP_MOD_EQ, s->fkey, s->fkl, NULL, 0, have_v ? vkv.mod_revision : 0};
     nc++;
     /* the destination: still empty but for its marker, and no value */
     if (op->flags & RENAME_NOREPLACE)
@@ -1187,8 +1186,8 @@ static int rename_dir(struct op *op, int dst_kind) {
     no++;
     for (size_t i = 0; i < n; i++) {
         size_t kl;
-        keys[i] = fs__cat(d->dkey, d->dkl, kvs[i].key + s->dkl, kvs[i].key_len - s->dkl,
-                          NULL, 0, &kl);
+        keys[i] =
+            fs__cat(d->dkey, d->dkl, kvs[i].key + s->dkl, kvs[i].key_len - s->dkl, NULL, 0, &kl);
         if (keys[i] == NULL) goto out;
         ops[no] = (struct fs_op){.type = FS_OP_PUT,
                                  .key = keys[i],
@@ -1422,10 +1421,14 @@ static void setattr_start(struct op *op) {
     }
     int have = rc == 0;
     if (in->is_dir) {
-        if (kl == 0) rc = -EPERM; /* whole-key-space root: no key for a marker */
-        else if (have && !S_ISDIR(kv.mode)) rc = -EPERM; /* a visible "%empty" file */
-        else if (!have && !in->is_root) rc = fs__any_prefix(fs, k, kl) > 0 ? 0 : -ENOENT;
-        else rc = 0;
+        if (kl == 0)
+            rc = -EPERM; /* whole-key-space root: no key for a marker */
+        else if (have && !S_ISDIR(kv.mode))
+            rc = -EPERM; /* a visible "%empty" file */
+        else if (!have && !in->is_root)
+            rc = fs__any_prefix(fs, k, kl) > 0 ? 0 : -ENOENT;
+        else
+            rc = 0;
     } else if (!have) {
         rc = -ENOENT;
     }
@@ -1625,8 +1628,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     pthread_mutex_unlock(&fh->lock);
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
-                     off_t off, struct fuse_file_info *fi) {
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi) {
     (void)ino;
     struct fs *fs = fs_of(req);
     struct fh *fh = (struct fh *)(uintptr_t)fi->fh;
@@ -1755,8 +1758,7 @@ static int put_handle(struct fs *fs, struct op *op, struct fh *fh) {
     o->mode = have ? S_IFREG | (kv.mode & 07777) : fh->mode;
     o->uid = have ? kv.uid : fh->uid;
     o->gid = have ? kv.gid : fh->gid;
-    o->mtime_ns = (rc == 0 && meta_set > fh->write_ns && kv.mtime_ns) ? kv.mtime_ns
-                                                                      : fh->write_ns;
+    o->mtime_ns = (rc == 0 && meta_set > fh->write_ns && kv.mtime_ns) ? kv.mtime_ns : fh->write_ns;
     fs_kv_clear(&kv);
     fh->dirty = 0;
     op->fh = fh;
@@ -1801,8 +1803,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
     flush_like(req, fi, OP_FLUSH);
 }
 
-static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
-                     struct fuse_file_info *fi) {
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
     (void)ino;
     (void)datasync;
     flush_like(req, fi, OP_FSYNC);
@@ -1875,8 +1876,8 @@ static int dh_push(struct dh *dh, char *name, size_t nl) {
     return 0;
 }
 
-static size_t add_entry(fuse_req_t req, char *buf, size_t room, const char *name,
-                        mode_t type, fuse_ino_t ino, off_t next) {
+static size_t add_entry(fuse_req_t req, char *buf, size_t room, const char *name, mode_t type,
+                        fuse_ino_t ino, off_t next) {
     struct stat st;
     memset(&st, 0, sizeof st);
     st.st_ino = ino;
@@ -1907,8 +1908,8 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         pos += l;
     }
     if (off < FS__DIR_OFF_DOTDOT) {
-        size_t l = add_entry(req, buf + pos, size - pos, "..", S_IFDIR, UNKNOWN_INO,
-                             FS__DIR_OFF_DOTDOT);
+        size_t l =
+            add_entry(req, buf + pos, size - pos, "..", S_IFDIR, UNKNOWN_INO, FS__DIR_OFF_DOTDOT);
         if (l > size - pos) goto unlock;
         pos += l;
     }
@@ -2008,8 +2009,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
     fuse_reply_err(req, 0);
 }
 
-static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
-                        struct fuse_file_info *fi) {
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
     (void)ino;
     (void)datasync;
     (void)fi;
@@ -2041,8 +2041,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
 
 #define XATTR_PREFIX "user.quorumfs."
 static const char *const file_xattrs[] = {XATTR_PREFIX "create_revision",
-                                          XATTR_PREFIX "mod_revision",
-                                          XATTR_PREFIX "version", XATTR_PREFIX "lease"};
+                                          XATTR_PREFIX "mod_revision", XATTR_PREFIX "version",
+                                          XATTR_PREFIX "lease"};
 static const char dir_xattr[] = XATTR_PREFIX "revision";
 /* On the mount root only, when the backend tells (client mounts). */
 static const char root_xattr_connected[] = XATTR_PREFIX "connected";
@@ -2123,8 +2123,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 /* Extended attributes are computed from the store; none can be set. ENOTSUP
  * (not EPERM) so that cp -a and rsync -X skip them quietly. */
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-                        const char *value, size_t size, int flags) {
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags) {
     (void)ino;
     (void)name;
     (void)value;
@@ -2139,8 +2139,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) {
     fuse_reply_err(req, ENOTSUP);
 }
 
-static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
-                    const char *newname) {
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname) {
     (void)ino;
     (void)newparent;
     (void)newname;
@@ -2149,8 +2148,7 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 
 /* A symlink is a key whose metadata mode is S_IFLNK|0777 and whose value is
  * the target (cp -a, rsync -a and tar keep links as links). */
-static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
-                       const char *name) {
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name) {
     make_file(req, parent, name, S_IFLNK | 0777, NULL, link);
 }
 
@@ -2184,8 +2182,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
     if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
     conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
     /* The workers read the device non-blocking with read(2) (fs.c). */
-    conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
-                              FUSE_CAP_SPLICE_MOVE);
+    conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
 }
 
 /* ---- completion ---- */

@@ -101,8 +101,7 @@ static int byte_escaped(unsigned char c) {
 /* Whether c after a '%' would make it read as an escape, a reserved name
  * or a hash marker: an ASCII letter or digit, or '~'. */
 static int pct_introduces(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-           c == '~';
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '~';
 }
 
 /* The next unit of raw at *pos: its raw length (*raw_len) and its encoded
@@ -240,8 +239,7 @@ long fs_name_decode(const char *name, size_t name_len, char *out, size_t out_siz
     FS_ASSERT(name != NULL || name_len == 0);
     FS_ASSERT(out != NULL || out_size == 0);
     if (name_len == 0 || name_len > FS_NAME_MAX) return -EINVAL;
-    if (name_len == strlen(FS__NAME_EMPTY) && memcmp(name, FS__NAME_EMPTY, name_len) == 0)
-        return 0;
+    if (name_len == strlen(FS__NAME_EMPTY) && memcmp(name, FS__NAME_EMPTY, name_len) == 0) return 0;
     if (out_size < name_len) return -EINVAL;
     if (name_len == 3 && memcmp(name, "%2E", 3) == 0) {
         out[0] = '.';
@@ -261,8 +259,7 @@ long fs_name_decode(const char *name, size_t name_len, char *out, size_t out_siz
     return n;
 }
 
-int fs__name_hashed(const char *name, size_t name_len, char *prefix_out,
-                    size_t *prefix_len) {
+int fs__name_hashed(const char *name, size_t name_len, char *prefix_out, size_t *prefix_len) {
     FS_ASSERT(name != NULL);
     FS_ASSERT(prefix_out != NULL);
     const size_t tail = 2 + 2 * FS__HASH_BYTES;
@@ -270,8 +267,7 @@ int fs__name_hashed(const char *name, size_t name_len, char *prefix_out,
     size_t cut = name_len - tail;
     if (name[cut] != '%' || name[cut + 1] != '~') return 0;
     for (size_t i = cut + 2; i < name_len; i++)
-        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
-            return 0;
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f'))) return 0;
     long n = decode_syntax(name, cut, prefix_out);
     if (n < 0) return 0;
     const unsigned char *p = (const unsigned char *)prefix_out;
@@ -292,18 +288,18 @@ int fs__name_is_value(const char *name, size_t name_len) {
 /* ---- SHA-256 (FIPS 180-4), used only for rule 3's long-name spelling ---- */
 
 static const uint32_t sha_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
-static uint32_t ror(uint32_t x, unsigned n) { return (x >> n) | (x << (32 - n)); }
+static uint32_t ror(uint32_t x, unsigned n) {
+    return (x >> n) | (x << (32 - n));
+}
 
 static void sha_block(uint32_t h[8], const unsigned char *p) {
     uint32_t w[64];
@@ -317,8 +313,8 @@ static void sha_block(uint32_t h[8], const unsigned char *p) {
     }
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = hh + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) +
-                      sha_k[i] + w[i];
+        uint32_t t1 =
+            hh + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + sha_k[i] + w[i];
         uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         hh = g;
         g = f;

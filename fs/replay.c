@@ -60,10 +60,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FS__REPLAY_MORE_MS 1000   /* wait for the rest of a transaction */
+#define FS__REPLAY_MORE_MS 1000    /* wait for the rest of a transaction */
 #define FS__REPLAY_GROUP_MAX 4096u /* changes replayed as one transaction */
 #define FS__REPLAY_PATH_MAX 4096u
-#define FS__REPLAY_DIR_KEYS 64u    /* keys of a directory read to classify it */
+#define FS__REPLAY_DIR_KEYS 64u /* keys of a directory read to classify it */
 
 int fs__is_replay(struct fs *fs, fuse_req_t req) {
     int tid = atomic_load(&fs->replay_tid);
@@ -149,8 +149,8 @@ struct rdir { /* a directory prefix that one transaction touches */
 
 struct rp {
     struct fs *fs;
-    int root;              /* O_PATH descriptor of the mount root */
-    char *zeros;           /* what replay writes (the handler drops it) */
+    int root;    /* O_PATH descriptor of the mount root */
+    char *zeros; /* what replay writes (the handler drops it) */
     size_t zeros_len;
     struct queue_item *g[FS__REPLAY_GROUP_MAX]; /* one transaction's changes */
     size_t n;
@@ -203,8 +203,7 @@ static void ov_clear(struct rp *r) {
     pthread_mutex_unlock(&r->fs->ov_lock);
 }
 
-static void ov_fill(struct rp *r, size_t i, int is_dir, int present, const char *k,
-                    size_t kl) {
+static void ov_fill(struct rp *r, size_t i, int is_dir, int present, const char *k, size_t kl) {
     r->ov[i] = (struct fs__override){is_dir, present, (char *)k, kl};
 }
 
@@ -212,8 +211,7 @@ static void ov_fill(struct rp *r, size_t i, int is_dir, int present, const char 
  * k (as_dir 1, ending in '/') into out. Returns 0, or -EINVAL for what is
  * not replayed (the root, a key shown as "%value", a name only a directory scan
  * resolves), -ENAMETOOLONG. */
-static int rel_path(struct fs *fs, const char *k, size_t kl, int as_dir, char *out,
-                    size_t size) {
+static int rel_path(struct fs *fs, const char *k, size_t kl, int as_dir, char *out, size_t size) {
     size_t pl = fs->prefix_len;
     if (!has_prefix(k, kl, fs->prefix, pl)) return -EINVAL;
     size_t end = as_dir ? kl - 1 : kl;
@@ -341,8 +339,8 @@ static int classify_dirs(struct rp *r) {
         struct fs_kv *kvs = NULL;
         size_t n = 0;
         int more = 0;
-        int rc = fs->be.range(fs->be.data, d->key, d->kl, e, el, FS__REPLAY_DIR_KEYS, 1, &kvs,
-                              &n, &more);
+        int rc = fs->be.range(fs->be.data, d->key, d->kl, e, el, FS__REPLAY_DIR_KEYS, 1, &kvs, &n,
+                              &more);
         free(e);
         if (rc < 0) return rc;
         int older = 0, at_rev = 0;
@@ -398,8 +396,7 @@ static void replay_rmdir(struct rp *r, const struct rdir *d) {
 static void replay_attr(struct rp *r, const char *k, size_t kl, uint32_t mode) {
     if (rel_path(r->fs, k, kl, 0, r->path, sizeof r->path) < 0) return;
     ov_set(r, 0);
-    (void)fchmodat(r->root, r->path, mode ? (mode & 07777) : (r->fs->opt.file_mode & 07777),
-                   0);
+    (void)fchmodat(r->root, r->path, mode ? (mode & 07777) : (r->fs->opt.file_mode & 07777), 0);
     ov_clear(r);
 }
 
@@ -447,8 +444,8 @@ static void replay_unlink(struct rp *r, const char *k, size_t kl) {
     ov_clear(r);
 }
 
-static void replay_rename(struct rp *r, int is_dir, const char *s, size_t sl,
-                          const char *d, size_t dl, int dst_existed) {
+static void replay_rename(struct rp *r, int is_dir, const char *s, size_t sl, const char *d,
+                          size_t dl, int dst_existed) {
     if (rel_path(r->fs, s, sl, is_dir, r->path, sizeof r->path) < 0) return;
     if (rel_path(r->fs, d, dl, is_dir, r->path2, sizeof r->path2) < 0) return;
     ov_fill(r, 0, is_dir, 1, s, sl);
@@ -569,8 +566,7 @@ static void replay_group(struct rp *r) {
     replay_files(r);
     for (size_t j = r->nd; j-- > 0;) {
         const struct rdir *d = &r->dirs[j];
-        if (d->removed &&
-            (held(r, d->key, parent_len(d->key, d->kl, 1)) || d->held_before))
+        if (d->removed && (held(r, d->key, parent_len(d->key, d->kl, 1)) || d->held_before))
             replay_rmdir(r, d);
     }
 }
@@ -592,8 +588,7 @@ static int take_group(struct rp *r) {
     }
     r->g[r->n++] = pop_locked(fs);
     while (r->g[r->n - 1]->more && r->n < FS__REPLAY_GROUP_MAX &&
-           wait_locked(fs, FS__REPLAY_MORE_MS) &&
-           fs->rp_head->revision == r->g[0]->revision)
+           wait_locked(fs, FS__REPLAY_MORE_MS) && fs->rp_head->revision == r->g[0]->revision)
         r->g[r->n++] = pop_locked(fs);
     pthread_mutex_unlock(&fs->q_lock);
     return 1;
@@ -608,8 +603,7 @@ void *fs__replay_main(void *arg) {
     atomic_store(&fs->replay_tid, (int)syscall(SYS_gettid));
     while (take_group(&r)) {
         atomic_store(&fs->replay_busy, 1);
-        if (!atomic_load(&fs->stop_requested) && r.root >= 0)
-            replay_group(&r);
+        if (!atomic_load(&fs->stop_requested) && r.root >= 0) replay_group(&r);
         atomic_store(&fs->replay_busy, 0);
         group_clear(&r);
     }

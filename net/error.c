@@ -14,8 +14,8 @@ const char *net_strerror(int rc) {
     switch (rc) {
     case 0:
         return "success";
-#define NET__ERR_CASE(name, value, text)                                               \
-    case value:                                                                        \
+#define NET__ERR_CASE(name, value, text)                                                           \
+    case value:                                                                                    \
         return text;
         NET_ERRORS(NET__ERR_CASE)
 #undef NET__ERR_CASE

@@ -67,7 +67,7 @@ struct net__frame {
     uint8_t type; /* enum net__frame_type */
     union {
         struct net__hello hello; /* HELLO and HELLO_ACK */
-        struct { /* REJECT */
+        struct {                 /* REJECT */
             const char *reason;
             size_t reason_len;
         } reject;
@@ -115,8 +115,8 @@ struct net__frame {
  * prefix of a valid frame; 0 with *used = the frame's size and *f filled in,
  * borrowing from buf.
  */
-int net__frame_decode(const void *buf, size_t len, size_t frame_bytes_max,
-                      struct net__frame *f, size_t *used);
+int net__frame_decode(const void *buf, size_t len, size_t frame_bytes_max, struct net__frame *f,
+                      size_t *used);
 
 /* Bytes net__frame_encode() will produce for f, or 0 if f is not encodable. */
 size_t net__frame_encoded_size(const struct net__frame *f);
@@ -175,7 +175,7 @@ uint32_t net__crc32(uint32_t crc, const void *buf, size_t len);
  * complete. A frame returned by net__reader_next() borrows the buffer until
  * the next call of any net__reader_* function on r.
  */
-#define NET__READER_READ_BYTES (64u * 1024u) /* room offered to each socket read */
+#define NET__READER_READ_BYTES (64u * 1024u)  /* room offered to each socket read */
 #define NET__READER_KEEP_BYTES (256u * 1024u) /* an idle buffer above this is freed */
 
 struct net__reader {

@@ -34,8 +34,7 @@
 #include "net/net.h"
 
 /* Programmer errors: stays on in release builds, prints and aborts. */
-#define NET__ASSERT(cond)                                                              \
-    ((cond) ? (void)0 : net__assert_fail(#cond, __FILE__, __LINE__))
+#define NET__ASSERT(cond) ((cond) ? (void)0 : net__assert_fail(#cond, __FILE__, __LINE__))
 _Noreturn void net__assert_fail(const char *expr, const char *file, int line);
 
 /* Timing. */
@@ -78,8 +77,7 @@ int net__url_parse(const char *url, struct net__url *u);
  * client). Returns 0 or NET_ETLS with a sentence in errmsg (NET_ERRMSG_SIZE
  * bytes, may be NULL). *out is the caller's (SSL_CTX_free).
  */
-int net__tls_ctx_new(const struct net_tls_options *o, bool server, SSL_CTX **out,
-                     char *errmsg);
+int net__tls_ctx_new(const struct net_tls_options *o, bool server, SSL_CTX **out, char *errmsg);
 /*
  * Why a TLS operation on ssl failed (ssl_error from SSL_get_error()), as a
  * sentence for a log: the certificate verification error and `subject`
@@ -120,8 +118,8 @@ struct conn {
     uv_connect_t connect_req;
     enum net__conn_dir dir;
     enum net__conn_state state;
-    struct peer *peer;     /* OUT: the peer dialled; NULL once detached */
-    uint64_t remote_id;    /* member id of the other end once known, else 0 */
+    struct peer *peer;        /* OUT: the peer dialled; NULL once detached */
+    uint64_t remote_id;       /* member id of the other end once known, else 0 */
     char addr[NET__ADDR_MAX]; /* remote "ip:port" */
     struct net__reader rd;
     bool reading;          /* uv_read_start is in effect */
@@ -145,13 +143,13 @@ struct peer {
     uint64_t id;
     char *url;
     struct net__url u;
-    uv_timer_t timer;     /* backoff before the next dial */
-    uint32_t backoff_ms;  /* delay before jitter of the next redial */
-    struct conn *out;     /* the outbound connection, any state; NULL between dials */
-    struct gai_req *gai;  /* name lookup in flight */
-    struct snap_tx *tx;   /* snapshot being sent; NULL when none */
-    bool up;              /* last state reported through on_peer_state */
-    bool removed;         /* remove_peer or close: timer closing, do not redial */
+    uv_timer_t timer;    /* backoff before the next dial */
+    uint32_t backoff_ms; /* delay before jitter of the next redial */
+    struct conn *out;    /* the outbound connection, any state; NULL between dials */
+    struct gai_req *gai; /* name lookup in flight */
+    struct snap_tx *tx;  /* snapshot being sent; NULL when none */
+    bool up;             /* last state reported through on_peer_state */
+    bool removed;        /* remove_peer or close: timer closing, do not redial */
     uint64_t sent_frames;
     uint64_t dropped_frames;
     uint64_t dials;
@@ -164,19 +162,19 @@ struct net_transport {
     size_t token_len;
     struct net__member *members; /* sorted by id, ids unique */
     size_t n_members;
-    char *snapshot_dir;              /* NULL: incoming snapshots refused */
-    size_t frame_bytes_max;          /* whole frame, prefix included */
-    size_t send_queue_bytes_max;     /* per outbound connection */
+    char *snapshot_dir;          /* NULL: incoming snapshots refused */
+    size_t frame_bytes_max;      /* whole frame, prefix included */
+    size_t send_queue_bytes_max; /* per outbound connection */
     size_t send_queue_frames_max;
-    uint64_t snapshot_bytes_max;     /* per incoming snapshot */
+    uint64_t snapshot_bytes_max; /* per incoming snapshot */
     uint32_t backoff_min_ms, backoff_max_ms;
-    uint64_t rng;                    /* splitmix64 state for jitter */
+    uint64_t rng; /* splitmix64 state for jitter */
     struct net_callbacks cb;
     void *data;
-    SSL_CTX *tls_server;             /* https listen URL: accepted connections; else NULL */
-    SSL_CTX *tls_client;             /* dialling https peers */
-    bool tls_verify_host;            /* dialled certificates must name the URL's host */
-    uint8_t *tls_rbuf;               /* NET__TLS_READ_BYTES; reads are handled at once */
+    SSL_CTX *tls_server;  /* https listen URL: accepted connections; else NULL */
+    SSL_CTX *tls_client;  /* dialling https peers */
+    bool tls_verify_host; /* dialled certificates must name the URL's host */
+    uint8_t *tls_rbuf;    /* NET__TLS_READ_BYTES; reads are handled at once */
     uv_tcp_t listener;
     uv_timer_t tick;
     int port;
@@ -186,11 +184,11 @@ struct net_transport {
     bool has_source;
     struct peer *peers;
     size_t n_peers;
-    struct conn *conns; /* all connections, both directions, until closed */
-    size_t n_inbound;   /* IN connections not yet closing */
+    struct conn *conns;  /* all connections, both directions, until closed */
+    size_t n_inbound;    /* IN connections not yet closing */
     bool accept_pending; /* a connection could not be accepted (no memory): retry */
     uint64_t next_snap_id;
-    size_t refs;        /* see the top of this file */
+    size_t refs; /* see the top of this file */
     bool closing;
     void (*close_cb)(void *data);
 };

@@ -58,11 +58,11 @@ enum tx_state { TX_STREAMING, TX_WAIT_ACK, TX_DONE };
 
 struct snap_tx {
     struct net_transport *t;
-    struct peer *peer;  /* NULL once done */
-    struct conn *c;     /* the connection the stream runs on; NULL once done */
+    struct peer *peer; /* NULL once done */
+    struct conn *c;    /* the connection the stream runs on; NULL once done */
     uint64_t to_id;
     uint64_t snap_id;
-    char *root;         /* the source directory (for single, its parent path) */
+    char *root; /* the source directory (for single, its parent path) */
     struct file_ent *files;
     size_t n_files;
     size_t cap_files;
@@ -308,8 +308,7 @@ static void tx_pump(struct snap_tx *tx) {
             int rc = uv_fs_open(loop, &tx->req, path, O_RDONLY | O_CLOEXEC, 0, on_tx_open);
             free(path);
             if (rc != 0) {
-                tx_finish(tx, rc, true, "open %s: %s", tx->files[tx->next].name,
-                          net_strerror(rc));
+                tx_finish(tx, rc, true, "open %s: %s", tx->files[tx->next].name, net_strerror(rc));
                 return;
             }
             tx->req_busy = true;
@@ -332,9 +331,9 @@ static void tx_pump(struct snap_tx *tx) {
             return;
         }
         net__put_u64(w->data + NET__FRAME_HEADER_BYTES, tx->snap_id);
-        uv_buf_t b = uv_buf_init(
-            (char *)w->data + NET__FRAME_HEADER_BYTES + NET__SNAP_CHUNK_PREFIX_BYTES,
-            (unsigned int)n);
+        uv_buf_t b =
+            uv_buf_init((char *)w->data + NET__FRAME_HEADER_BYTES + NET__SNAP_CHUNK_PREFIX_BYTES,
+                        (unsigned int)n);
         int rc = uv_fs_read(loop, &tx->req, tx->fd, &b, 1, (int64_t)tx->off, on_tx_read);
         if (rc != 0) {
             free(w);
@@ -436,9 +435,8 @@ static int list_source(struct snap_tx *tx, const char *path) {
     return add_file(tx, base, (uint64_t)st.st_size);
 }
 
-int net_send_snapshot(struct net_transport *t, uint64_t to_id, const void *meta,
-                      size_t meta_len, const char *path, void *cb_data,
-                      net_snapshot_cb done_cb) {
+int net_send_snapshot(struct net_transport *t, uint64_t to_id, const void *meta, size_t meta_len,
+                      const char *path, void *cb_data, net_snapshot_cb done_cb) {
     NET__ASSERT(t != NULL && path != NULL && done_cb != NULL);
     NET__ASSERT(meta != NULL || meta_len == 0);
     if (t->closing) return NET_ECLOSING;
@@ -449,8 +447,7 @@ int net_send_snapshot(struct net_transport *t, uint64_t to_id, const void *meta,
     struct conn *c = p->out;
     if (c == NULL || c->state != NET__CONN_UP) return NET_EPEERDOWN;
     const size_t begin_fixed = 8 + 4 + 8;
-    if (meta_len > t->frame_bytes_max - NET__FRAME_HEADER_BYTES - begin_fixed)
-        return NET_ETOOBIG;
+    if (meta_len > t->frame_bytes_max - NET__FRAME_HEADER_BYTES - begin_fixed) return NET_ETOOBIG;
 
     struct snap_tx *tx = calloc(1, sizeof(*tx));
     if (tx == NULL) return NET_ENOMEM;
@@ -503,34 +500,34 @@ enum rx_op { RX_START, RX_FILE, RX_WRITE, RX_END, RX_ABORT };
 
 struct snap_rx {
     struct net_transport *t;
-    struct conn *c;         /* NULL once detached (failed or finished) */
+    struct conn *c; /* NULL once detached (failed or finished) */
     uint64_t from_id;
     uint64_t snap_id;
     uint8_t *meta;
     size_t meta_len;
-    uint32_t n_files;       /* announced */
+    uint32_t n_files; /* announced */
     uint32_t files_seen;
     uint64_t total_declared;
     uint64_t total_recv;
-    uint64_t cur_size;      /* announced size of the current file */
-    uint64_t cur_off;       /* bytes of it received */
+    uint64_t cur_size; /* announced size of the current file */
+    uint64_t cur_off;  /* bytes of it received */
     uint32_t crc_expected;
-    bool failed;            /* abandoned: the directory is being removed */
-    bool busy;              /* work queued; the worker fields below are its */
+    bool failed; /* abandoned: the directory is being removed */
+    bool busy;   /* work queued; the worker fields below are its */
     uv_work_t work;
     /* worker fields */
     enum rx_op op;
-    char *parent;           /* copy of snapshot_dir */
-    char *dir;              /* the new snapshot directory, once made */
-    char *name;             /* RX_FILE: relative name */
-    uint8_t *data;          /* RX_WRITE */
+    char *parent;  /* copy of snapshot_dir */
+    char *dir;     /* the new snapshot directory, once made */
+    char *name;    /* RX_FILE: relative name */
+    uint8_t *data; /* RX_WRITE */
     size_t data_len;
     int fd;
     uint64_t write_off;
     uint32_t crc;
-    char **dirs;            /* directories created, for the final fsync */
+    char **dirs; /* directories created, for the final fsync */
     size_t n_dirs;
-    int err;                /* errno of the failed step, 0 if none */
+    int err; /* errno of the failed step, 0 if none */
     char what[NET_SNAP_NAME_MAX + 64];
 };
 
@@ -639,8 +636,8 @@ static void rx_work(uv_work_t *work) {
     case RX_WRITE: {
         size_t done = 0;
         while (done < rx->data_len) {
-            ssize_t w = pwrite(rx->fd, rx->data + done, rx->data_len - done,
-                               (off_t)(rx->write_off + done));
+            ssize_t w =
+                pwrite(rx->fd, rx->data + done, rx->data_len - done, (off_t)(rx->write_off + done));
             if (w < 0 && errno == EINTR) continue;
             if (w <= 0) {
                 rx->err = w < 0 ? errno : EIO;
@@ -914,7 +911,8 @@ int net__snap_rx_frame(struct conn *c, const struct net__frame *f) {
     case NET__FRAME_SNAP_END:
         if (rx->files_seen != rx->n_files || rx->cur_off != rx->cur_size ||
             rx->total_recv != rx->total_declared) {
-            rx_fail(rx, NET_ESNAPCORRUPT, true, "snapshot ended before everything announced arrived");
+            rx_fail(rx, NET_ESNAPCORRUPT, true,
+                    "snapshot ended before everything announced arrived");
             return 0;
         }
         rx->crc_expected = f->u.snap_end.crc32;

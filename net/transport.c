@@ -93,7 +93,9 @@ void net__unref(struct net_transport *t) {
     }
 }
 
-static void on_transport_handle_closed(uv_handle_t *h) { net__unref(h->data); }
+static void on_transport_handle_closed(uv_handle_t *h) {
+    net__unref(h->data);
+}
 
 /* ---- small helpers ---- */
 
@@ -220,7 +222,9 @@ static void wreq_done(struct wreq *w, int status) {
     if (tx != NULL) net__snap_tx_wrote(tx, status);
 }
 
-static void on_write(uv_write_t *req, int status) { wreq_done((struct wreq *)req, status); }
+static void on_write(uv_write_t *req, int status) {
+    wreq_done((struct wreq *)req, status);
+}
 
 /* Ciphertext on its way to the socket: a frame's (w), or TLS's own
  * (handshake messages, alerts, tickets) when w is NULL. */
@@ -330,9 +334,8 @@ int net__conn_write(struct conn *c, struct wreq *w) {
     /* Room for the ciphertext is taken before encrypting, so that once
      * SSL_write has consumed the frame nothing can fail but the socket. */
     size_t records = w->len / TLS_RECORD_BYTES + 1;
-    struct tls_wreq *tw =
-        tls_wreq_new(BIO_ctrl_pending(c->wbio) + w->len + records * TLS_RECORD_OVERHEAD_BYTES +
-                     TLS_SLACK_BYTES);
+    struct tls_wreq *tw = tls_wreq_new(BIO_ctrl_pending(c->wbio) + w->len +
+                                       records * TLS_RECORD_OVERHEAD_BYTES + TLS_SLACK_BYTES);
     if (tw == NULL) return NET_ENOMEM;
     ERR_clear_error();
     int n = SSL_write(c->ssl, w->data, (int)w->len);
@@ -436,8 +439,7 @@ static void report_handshake_error(struct conn *c, uint64_t peer_id, const char 
  * Refuses the other end: reports `local` here and sends `remote` (worded
  * for the peer) in a REJECT, then closes once it is written.
  */
-static void conn_reject(struct conn *c, uint64_t peer_id, const char *local,
-                        const char *remote) {
+static void conn_reject(struct conn *c, uint64_t peer_id, const char *local, const char *remote) {
     report_handshake_error(c, peer_id, local);
     if (c->state == NET__CONN_CLOSING) return; /* the callback closed it */
     struct net__frame f = {.type = NET__FRAME_REJECT};
@@ -484,13 +486,13 @@ static int send_hello(struct conn *c, uint8_t type, uint64_t to_id) {
 }
 
 /* Appends "id=url,..." to buf at *pos, stopping (with "...") before cap. */
-static void fmt_member(char *buf, size_t cap, size_t *pos, bool first, uint64_t id,
-                       const char *url, size_t url_len) {
+static void fmt_member(char *buf, size_t cap, size_t *pos, bool first, uint64_t id, const char *url,
+                       size_t url_len) {
     char clean[NET_URL_MAX + 1];
     char item[NET_URL_MAX + 32];
     net__sanitize(clean, sizeof(clean), url, url_len);
-    int n = snprintf(item, sizeof(item), "%s%llu=%s", first ? "" : ",", (unsigned long long)id,
-                     clean);
+    int n =
+        snprintf(item, sizeof(item), "%s%llu=%s", first ? "" : ",", (unsigned long long)id, clean);
     if (n < 0) return;
     if (*pos + (size_t)n + 4 >= cap) {
         if (*pos + 4 < cap && (*pos < 3 || strcmp(buf + *pos - 3, "...") != 0)) {
@@ -526,8 +528,7 @@ static bool members_equal(const struct net_transport *t, const struct net__hello
     for (size_t i = 0; i < h->n_members; i++) {
         if (t->members[i].id != h->members[i].id) return false;
         if (t->members[i].url_len != h->members[i].url_len) return false;
-        if (memcmp(t->members[i].url, h->members[i].url, h->members[i].url_len) != 0)
-            return false;
+        if (memcmp(t->members[i].url, h->members[i].url, h->members[i].url_len) != 0) return false;
     }
     return true;
 }
@@ -543,7 +544,8 @@ static bool check_hello(const struct net_transport *t, const struct net__hello *
     const size_t cap = NET_REASON_MAX + 1;
     unsigned long long self = t->id, from = h->from_id, to = h->to_id;
     if (expect_from != 0 && h->from_id != expect_from) {
-        snprintf(local, cap, "member id mismatch: dialled member %llu but it answered as member %llu",
+        snprintf(local, cap,
+                 "member id mismatch: dialled member %llu but it answered as member %llu",
                  (unsigned long long)expect_from, from);
         snprintf(remote, cap,
                  "member id mismatch: member %llu dialled this address as member %llu, "
@@ -852,8 +854,8 @@ static void conn_bad_frame(struct conn *c, int rc) {
         unsigned theirs = c->rd.buf[c->rd.head + 4];
         snprintf(local, sizeof(local), "protocol version mismatch: local %u, remote %u",
                  (unsigned)NET_PROTOCOL_VERSION, theirs);
-        snprintf(remote, sizeof(remote), "protocol version mismatch: local %u, remote %u",
-                 theirs, (unsigned)NET_PROTOCOL_VERSION);
+        snprintf(remote, sizeof(remote), "protocol version mismatch: local %u, remote %u", theirs,
+                 (unsigned)NET_PROTOCOL_VERSION);
     } else {
         snprintf(local, sizeof(local), "bad handshake from the peer: %s", net_strerror(rc));
         snprintf(remote, sizeof(remote), "bad handshake: the peer says: %s", net_strerror(rc));
@@ -1143,8 +1145,7 @@ static void on_tick(uv_timer_t *h) {
             net__conn_close(c, NET_ECONNLOST);
             continue;
         }
-        if (c->state == NET__CONN_CLOSING || c->deadline_ms == 0 || now < c->deadline_ms)
-            continue;
+        if (c->state == NET__CONN_CLOSING || c->deadline_ms == 0 || now < c->deadline_ms) continue;
         if (c->dir == NET__CONN_OUT && c->state == NET__CONN_HANDSHAKE) {
             /* TCP connected but no answer: probably not a quorumfs peer port. */
             char reason[128];
@@ -1165,10 +1166,11 @@ static void on_tick(uv_timer_t *h) {
 
 /* ---- public API ---- */
 
-static void on_failed_listener_closed(uv_handle_t *h) { transport_free(h->data); }
+static void on_failed_listener_closed(uv_handle_t *h) {
+    transport_free(h->data);
+}
 
-int net_transport_new(uv_loop_t *loop, const struct net_options *opt,
-                      struct net_transport **out) {
+int net_transport_new(uv_loop_t *loop, const struct net_options *opt, struct net_transport **out) {
     NET__ASSERT(loop != NULL);
     NET__ASSERT(opt != NULL && out != NULL);
     if (opt->id == 0 || opt->cb.on_message == NULL) return NET_EINVAL;
@@ -1213,12 +1215,12 @@ int net_transport_new(uv_loop_t *loop, const struct net_options *opt,
         }
     }
     t->frame_bytes_max = frame_max;
-    t->send_queue_bytes_max =
-        opt->send_queue_bytes_max ? opt->send_queue_bytes_max : NET_SEND_QUEUE_BYTES_DEFAULT;
-    t->send_queue_frames_max =
-        opt->send_queue_frames_max ? opt->send_queue_frames_max : NET_SEND_QUEUE_FRAMES_DEFAULT;
-    t->snapshot_bytes_max =
-        opt->snapshot_bytes_max ? opt->snapshot_bytes_max : NET_SNAP_BYTES_DEFAULT;
+    t->send_queue_bytes_max = opt->send_queue_bytes_max ? opt->send_queue_bytes_max
+                                                        : NET_SEND_QUEUE_BYTES_DEFAULT;
+    t->send_queue_frames_max = opt->send_queue_frames_max ? opt->send_queue_frames_max
+                                                          : NET_SEND_QUEUE_FRAMES_DEFAULT;
+    t->snapshot_bytes_max = opt->snapshot_bytes_max ? opt->snapshot_bytes_max
+                                                    : NET_SNAP_BYTES_DEFAULT;
     t->backoff_min_ms = bmin;
     t->backoff_max_ms = bmax;
     t->rng = opt->seed ? opt->seed : opt->id * 0x2545f4914f6cdd1dull;
@@ -1397,8 +1399,7 @@ int net_send(struct net_transport *t, uint64_t to_id, const void *buf, size_t le
     return 0;
 }
 
-int net_transport_peer_info(const struct net_transport *t, uint64_t id,
-                            struct net_peer_info *out) {
+int net_transport_peer_info(const struct net_transport *t, uint64_t id, struct net_peer_info *out) {
     NET__ASSERT(t != NULL && out != NULL);
     const struct peer *p = find_peer(t, id);
     if (p == NULL) return NET_ENOPEER;

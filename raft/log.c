@@ -281,8 +281,8 @@ int raft__log_maybe_append(struct raft__log *l, uint64_t index, uint64_t log_ter
     return 0;
 }
 
-uint64_t raft__log_find_conflict_by_term(const struct raft__log *l, uint64_t index,
-                                         uint64_t term, uint64_t *found_term) {
+uint64_t raft__log_find_conflict_by_term(const struct raft__log *l, uint64_t index, uint64_t term,
+                                         uint64_t *found_term) {
     ASSERT(l != NULL);
     ASSERT(found_term != NULL);
     uint64_t last = raft__log_last_index(l);
@@ -316,8 +316,8 @@ void raft__log_applied_to(struct raft__log *l, uint64_t i) {
     l->applied = i;
 }
 
-int raft__log_slice(const struct raft__log *l, struct raft__arena *a, uint64_t lo,
-                    uint64_t hi, uint64_t max_bytes, struct raft_entry **out, size_t *n) {
+int raft__log_slice(const struct raft__log *l, struct raft__arena *a, uint64_t lo, uint64_t hi,
+                    uint64_t max_bytes, struct raft_entry **out, size_t *n) {
     ASSERT(l != NULL);
     ASSERT(a != NULL);
     ASSERT(out != NULL);

@@ -258,8 +258,7 @@ int raft_memstore_apply_snapshot(struct raft_memstore *ms, const struct raft_sna
 }
 
 int raft_memstore_create_snapshot(struct raft_memstore *ms, uint64_t index,
-                                  const struct raft_conf_state *cs, const void *data,
-                                  size_t len) {
+                                  const struct raft_conf_state *cs, const void *data, size_t len) {
     ASSERT(ms != NULL);
     ASSERT(len == 0 || data != NULL);
     if (index <= ms->snap.meta.index) return RAFT_ESNAPOUTOFDATE;
@@ -273,8 +272,10 @@ int raft_memstore_create_snapshot(struct raft_memstore *ms, uint64_t index,
     free((void *)ms->snap.data.base);
     ms->snap.meta.index = index;
     ms->snap.meta.term = ms->ents[index - ms_offset(ms)].term;
-    if (cs != NULL) ms->snap.meta.conf = *cs;
-    else ms->snap.meta.conf = ms->cs;
+    if (cs != NULL)
+        ms->snap.meta.conf = *cs;
+    else
+        ms->snap.meta.conf = ms->cs;
     ms->snap.data.base = copy;
     ms->snap.data.len = len;
     return 0;

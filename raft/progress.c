@@ -173,8 +173,10 @@ struct raft__read_req *raft__rq_find(struct raft__read_queue *rq, uint64_t seq) 
         size_t mid = lo + (hi - lo) / 2;
         uint64_t s = rq->q[rq->head + mid].seq;
         if (s == seq) return &rq->q[rq->head + mid];
-        if (s < seq) lo = mid + 1;
-        else hi = mid;
+        if (s < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }

@@ -75,11 +75,11 @@ struct outbox {
 struct raft {
     uint64_t id;
     struct raft_storage *storage;
-    unsigned election_tick;  /* ticks */
-    unsigned heartbeat_tick; /* ticks */
-    uint64_t max_size_per_msg;       /* bytes */
-    uint64_t max_committed_size;     /* bytes per update, UINT64_MAX if unlimited */
-    unsigned max_inflight;           /* APPs per follower */
+    unsigned election_tick;      /* ticks */
+    unsigned heartbeat_tick;     /* ticks */
+    uint64_t max_size_per_msg;   /* bytes */
+    uint64_t max_committed_size; /* bytes per update, UINT64_MAX if unlimited */
+    unsigned max_inflight;       /* APPs per follower */
     bool check_quorum;
     bool pre_vote;
     bool disable_forwarding;
@@ -173,8 +173,10 @@ static void conf_refresh(struct raft *r) {
     struct raft_conf_state *cs = &r->conf;
     memset(cs, 0, sizeof(*cs));
     for (unsigned i = 0; i < r->n_prs; i++) {
-        if (r->prs[i].is_learner) cs->learners[cs->n_learners++] = r->prs[i].id;
-        else cs->voters[cs->n_voters++] = r->prs[i].id;
+        if (r->prs[i].is_learner)
+            cs->learners[cs->n_learners++] = r->prs[i].id;
+        else
+            cs->voters[cs->n_voters++] = r->prs[i].id;
     }
 }
 
@@ -403,8 +405,10 @@ static enum vote_result tally(struct raft *r) {
     for (unsigned i = 0; i < r->n_prs; i++) {
         if (r->prs[i].is_learner) continue;
         voters++;
-        if (r->prs[i].vote == 1) granted++;
-        else if (r->prs[i].vote == 0) rejected++;
+        if (r->prs[i].vote == 1)
+            granted++;
+        else if (r->prs[i].vote == 0)
+            rejected++;
     }
     unsigned q = voters / 2 + 1;
     if (granted >= q) return VOTE_WON;
@@ -519,8 +523,7 @@ static bool send_snapshot(struct raft *r, struct raft__progress *pr) {
     if (raft__log_snapshot(&r->log, &snap) != 0) return false;
     if (snap.meta.index == 0) return false; /* nothing to send yet */
     struct raft_buf data;
-    if (raft__arena_copy_buf(cur_arena(r), snap.data.base, snap.data.len, &data) != 0)
-        return false;
+    if (raft__arena_copy_buf(cur_arena(r), snap.data.base, snap.data.len, &data) != 0) return false;
     struct raft_msg *m = msg_new(r, RAFT_MSG_SNAP, pr->id);
     if (m == NULL) return false;
     m->has_snapshot = true;
@@ -953,8 +956,10 @@ static int leader_transfer(struct raft *r, uint64_t target) {
     /* The transfer must finish within one election timeout. */
     r->election_elapsed = 0;
     r->transferee = target;
-    if (pr->match == raft__log_last_index(&r->log)) send_timeout_now(r, target);
-    else send_append(r, pr);
+    if (pr->match == raft__log_last_index(&r->log))
+        send_timeout_now(r, target);
+    else
+        send_append(r, pr);
     return 0;
 }
 
@@ -999,8 +1004,8 @@ static int handle_append(struct raft *r, const struct raft_msg *m) {
         send_app_resp(r, m->from, ok ? lastnewi : committed);
         return 0;
     }
-    rc = raft__log_maybe_append(&r->log, m->index, m->log_term, m->commit, m->entries,
-                                m->n_entries, &lastnewi, &ok);
+    rc = raft__log_maybe_append(&r->log, m->index, m->log_term, m->commit, m->entries, m->n_entries,
+                                &lastnewi, &ok);
     if (rc != 0) return rc;
     if (ok) {
         send_app_resp(r, m->from, lastnewi);
@@ -1116,8 +1121,10 @@ static void leader_handle_app_resp(struct raft *r, struct raft__progress *pr,
     while (maybe_send_append(r, pr, false)) {
     }
     if (pr->id == r->transferee && pr->match == raft__log_last_index(&r->log)) {
-        if (is_voter(r, r->id)) send_timeout_now(r, pr->id);
-        else leader_hand_over(r); /* removed: hand over and step down */
+        if (is_voter(r, r->id))
+            send_timeout_now(r, pr->id);
+        else
+            leader_hand_over(r); /* removed: hand over and step down */
     }
 }
 
@@ -1163,8 +1170,7 @@ static int step_leader(struct raft *r, const struct raft_msg *m) {
 }
 
 static int step_candidate(struct raft *r, const struct raft_msg *m) {
-    uint8_t resp_type =
-        r->role == RAFT_PRE_CANDIDATE ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP;
+    uint8_t resp_type = r->role == RAFT_PRE_CANDIDATE ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP;
     switch (m->type) {
     case RAFT_MSG_PROP:
         return RAFT_ENOLEADER;
@@ -1293,8 +1299,7 @@ static int step(struct raft *r, const struct raft_msg *m) {
              * our configuration (a removed node that missed its removal);
              * it lapses once the leader is silent, so liveness is kept. */
             bool lease = r->check_quorum || pr_get(r, m->from) == NULL;
-            bool in_lease = lease && r->lead != RAFT_NONE &&
-                            r->election_elapsed < r->election_tick;
+            bool in_lease = lease && r->lead != RAFT_NONE && r->election_elapsed < r->election_tick;
             if (!force && in_lease) return 0;
         }
         if (m->type == RAFT_MSG_PREVOTE) {
@@ -1320,8 +1325,9 @@ static int step(struct raft *r, const struct raft_msg *m) {
             /* A stale candidate learns the newer term from the rejection
              * (Raft 5.1); silence could leave it campaigning at its old term
              * forever when we cannot campaign ourselves. */
-            struct raft_msg *resp = msg_new(
-                r, m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PREVOTE_RESP, m->from);
+            struct raft_msg *resp =
+                msg_new(r, m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PREVOTE_RESP,
+                        m->from);
             if (resp != NULL) {
                 resp->term = r->term;
                 resp->reject = true;
@@ -1356,8 +1362,7 @@ int raft_new(const struct raft_config *cfg, struct raft **out) {
     if (st->initial_state == NULL || st->entries == NULL || st->term == NULL ||
         st->first_index == NULL || st->last_index == NULL || st->snapshot == NULL)
         return RAFT_EINVAL;
-    if (cfg->heartbeat_tick == 0 || cfg->election_tick <= cfg->heartbeat_tick)
-        return RAFT_EINVAL;
+    if (cfg->heartbeat_tick == 0 || cfg->election_tick <= cfg->heartbeat_tick) return RAFT_EINVAL;
     if (cfg->max_inflight_msgs > RAFT__INFLIGHT_MAX) return RAFT_EINVAL;
 
     struct raft *r = qfs_calloc(1, sizeof(*r));
@@ -1367,8 +1372,8 @@ int raft_new(const struct raft_config *cfg, struct raft **out) {
     r->election_tick = cfg->election_tick;
     r->heartbeat_tick = cfg->heartbeat_tick;
     r->max_size_per_msg = cfg->max_size_per_msg;
-    r->max_committed_size =
-        cfg->max_committed_size_per_update ? cfg->max_committed_size_per_update : UINT64_MAX;
+    r->max_committed_size = cfg->max_committed_size_per_update ? cfg->max_committed_size_per_update
+                                                               : UINT64_MAX;
     r->max_inflight = cfg->max_inflight_msgs ? cfg->max_inflight_msgs : RAFT__INFLIGHT_DEFAULT;
     r->check_quorum = cfg->check_quorum;
     r->pre_vote = cfg->pre_vote;
@@ -1470,8 +1475,10 @@ static void tick_heartbeat(struct raft *r) {
 
 void raft_tick(struct raft *r) {
     ASSERT(r != NULL);
-    if (r->role == RAFT_LEADER) tick_heartbeat(r);
-    else tick_election(r);
+    if (r->role == RAFT_LEADER)
+        tick_heartbeat(r);
+    else
+        tick_election(r);
 }
 
 int raft_step(struct raft *r, const struct raft_msg *m) {
@@ -1496,8 +1503,7 @@ int raft_propose(struct raft *r, const void *data, size_t len) {
 int raft_propose_conf_change(struct raft *r, const struct raft_conf_change *cc) {
     ASSERT(r != NULL);
     ASSERT(cc != NULL);
-    if (r->role == RAFT_LEADER && r->pending_conf_index > r->log.applied)
-        return RAFT_ECONFPENDING;
+    if (r->role == RAFT_LEADER && r->pending_conf_index > r->log.applied) return RAFT_ECONFPENDING;
     void *buf = NULL;
     size_t len = 0;
     int rc = raft_conf_change_encode(cc, &buf, &len);
@@ -1545,8 +1551,7 @@ int raft_apply_conf_change(struct raft *r, const struct raft_conf_change *cc,
             for (unsigned i = 0; i < r->n_prs; i++)
                 if (r->prs[i].id != r->id) maybe_send_append(r, &r->prs[i], false);
         }
-        if (r->transferee != RAFT_NONE && !is_voter(r, r->transferee))
-            r->transferee = RAFT_NONE;
+        if (r->transferee != RAFT_NONE && !is_voter(r, r->transferee)) r->transferee = RAFT_NONE;
     }
     return 0;
 }
@@ -1649,8 +1654,7 @@ int raft_get_update(struct raft *r, struct raft_update *u) {
     if (l->u.has_snapshot) {
         u->has_snapshot = true;
         u->snapshot.meta = l->u.snap.meta;
-        rc = raft__arena_copy_buf(a, l->u.snap.data.base, l->u.snap.data.len,
-                                  &u->snapshot.data);
+        rc = raft__arena_copy_buf(a, l->u.snap.data.base, l->u.snap.data.len, &u->snapshot.data);
         if (rc != 0) return rc;
     }
     rc = raft__arena_copy_entries(a, l->u.ents + l->u.start, l->u.n, &u->entries);
@@ -1664,8 +1668,7 @@ int raft_get_update(struct raft *r, struct raft_update *u) {
         uint64_t lo = l->applied + 1 > first ? l->applied + 1 : first;
         uint64_t hi = l->committed + 1;
         if (hi - lo > RAFT_DECODE_ENTRIES_MAX) hi = lo + RAFT_DECODE_ENTRIES_MAX;
-        rc = raft__log_slice(l, a, lo, hi, r->max_committed_size, &u->committed,
-                             &u->n_committed);
+        rc = raft__log_slice(l, a, lo, hi, r->max_committed_size, &u->committed, &u->n_committed);
         if (rc != 0) return rc;
     }
 

@@ -45,20 +45,20 @@ extern "C" {
 #endif
 
 /* Error codes, in the range reserved for raft/ (-1000..-1099). */
-#define RAFT_ERRORS(X)                                                                 \
-    X(RAFT_ENOMEM, -1001, "out of memory")                                             \
-    X(RAFT_ENOLEADER, -1002, "no leader is known; retry later")                        \
-    X(RAFT_EDROPPED, -1003, "proposal dropped (leadership transfer in progress); retry") \
-    X(RAFT_EMALFORMED, -1004, "malformed message")                                     \
-    X(RAFT_EVERSION, -1005, "unsupported message encoding version")                    \
-    X(RAFT_ECOMPACTED, -1006, "requested index has been compacted")                    \
-    X(RAFT_EUNAVAILABLE, -1007, "requested entries are not available")                 \
-    X(RAFT_ECONFPENDING, -1008, "a configuration change is already pending")           \
-    X(RAFT_ENOTLEADER, -1009, "this node is not the leader")                           \
-    X(RAFT_EINVAL, -1010, "invalid argument")                                          \
-    X(RAFT_ETOOBIG, -1011, "message or entry exceeds a size limit")                    \
-    X(RAFT_ESNAPOUTOFDATE, -1012, "snapshot is older than the current state")          \
-    X(RAFT_ENOTMEMBER, -1013, "node is not a member of the configuration")             \
+#define RAFT_ERRORS(X)                                                                             \
+    X(RAFT_ENOMEM, -1001, "out of memory")                                                         \
+    X(RAFT_ENOLEADER, -1002, "no leader is known; retry later")                                    \
+    X(RAFT_EDROPPED, -1003, "proposal dropped (leadership transfer in progress); retry")           \
+    X(RAFT_EMALFORMED, -1004, "malformed message")                                                 \
+    X(RAFT_EVERSION, -1005, "unsupported message encoding version")                                \
+    X(RAFT_ECOMPACTED, -1006, "requested index has been compacted")                                \
+    X(RAFT_EUNAVAILABLE, -1007, "requested entries are not available")                             \
+    X(RAFT_ECONFPENDING, -1008, "a configuration change is already pending")                       \
+    X(RAFT_ENOTLEADER, -1009, "this node is not the leader")                                       \
+    X(RAFT_EINVAL, -1010, "invalid argument")                                                      \
+    X(RAFT_ETOOBIG, -1011, "message or entry exceeds a size limit")                                \
+    X(RAFT_ESNAPOUTOFDATE, -1012, "snapshot is older than the current state")                      \
+    X(RAFT_ENOTMEMBER, -1013, "node is not a member of the configuration")                         \
     X(RAFT_ESTORAGE, -1014, "storage failure")
 
 enum raft_error {
@@ -151,8 +151,8 @@ struct raft_snapshot {
 };
 
 enum raft_msg_type {
-    RAFT_MSG_PROP = 0,            /* follower forwards a proposal to the leader */
-    RAFT_MSG_APP = 1,             /* append entries */
+    RAFT_MSG_PROP = 0, /* follower forwards a proposal to the leader */
+    RAFT_MSG_APP = 1,  /* append entries */
     RAFT_MSG_APP_RESP = 2,
     RAFT_MSG_VOTE = 3,
     RAFT_MSG_VOTE_RESP = 4,
@@ -160,10 +160,10 @@ enum raft_msg_type {
     RAFT_MSG_PREVOTE_RESP = 6,
     RAFT_MSG_HEARTBEAT = 7,
     RAFT_MSG_HEARTBEAT_RESP = 8,
-    RAFT_MSG_SNAP = 9,            /* install snapshot */
-    RAFT_MSG_READ_INDEX = 10,     /* follower forwards a read_index request */
+    RAFT_MSG_SNAP = 9,        /* install snapshot */
+    RAFT_MSG_READ_INDEX = 10, /* follower forwards a read_index request */
     RAFT_MSG_READ_INDEX_RESP = 11,
-    RAFT_MSG_TIMEOUT_NOW = 12,    /* leadership transfer: campaign now */
+    RAFT_MSG_TIMEOUT_NOW = 12,     /* leadership transfer: campaign now */
     RAFT_MSG_TRANSFER_LEADER = 13, /* follower asks the leader to transfer to
                                       `index` (etcd style: `from` if index is 0) */
     RAFT_MSG_TYPE_COUNT_ = 14
@@ -256,8 +256,7 @@ int raft_memstore_append(struct raft_memstore *ms, const struct raft_entry *e, s
 int raft_memstore_apply_snapshot(struct raft_memstore *ms, const struct raft_snapshot *snap);
 /* Records a snapshot at applied index `index` with the given image (copied). */
 int raft_memstore_create_snapshot(struct raft_memstore *ms, uint64_t index,
-                                  const struct raft_conf_state *cs, const void *data,
-                                  size_t len);
+                                  const struct raft_conf_state *cs, const void *data, size_t len);
 /* Discards entries up to and including index (must be <= the snapshot's index or applied). */
 int raft_memstore_compact(struct raft_memstore *ms, uint64_t index);
 
@@ -269,19 +268,19 @@ enum raft_role {
 };
 
 struct raft_config {
-    uint64_t id;                  /* this node, != RAFT_NONE */
-    unsigned election_tick;       /* ticks; timeouts drawn from [election_tick, 2*election_tick) */
-    unsigned heartbeat_tick;      /* ticks between leader heartbeats; < election_tick */
-    uint64_t applied;             /* last index the driver applied before (re)starting */
-    uint64_t max_size_per_msg;    /* bytes of entry data per APP message (>=1 entry always) */
-    unsigned max_inflight_msgs;   /* APP messages in flight per follower while replicating
+    uint64_t id;                /* this node, != RAFT_NONE */
+    unsigned election_tick;     /* ticks; timeouts drawn from [election_tick, 2*election_tick) */
+    unsigned heartbeat_tick;    /* ticks between leader heartbeats; < election_tick */
+    uint64_t applied;           /* last index the driver applied before (re)starting */
+    uint64_t max_size_per_msg;  /* bytes of entry data per APP message (>=1 entry always) */
+    unsigned max_inflight_msgs; /* APP messages in flight per follower while replicating
                                      (0 = 256; at most 65536) */
     uint64_t max_committed_size_per_update; /* bytes of committed entries per update; 0 = no limit */
-    bool check_quorum;            /* leader steps down without a quorum's contact in an election timeout */
-    bool pre_vote;                /* pre-vote phase before incrementing the term */
+    bool check_quorum; /* leader steps down without a quorum's contact in an election timeout */
+    bool pre_vote;     /* pre-vote phase before incrementing the term */
     bool disable_proposal_forwarding; /* followers reject proposals with RAFT_ENOTLEADER */
-    uint64_t seed;                /* seed of the election-timeout PRNG */
-    struct raft_storage *storage; /* borrowed; must outlive the raft object */
+    uint64_t seed;                    /* seed of the election-timeout PRNG */
+    struct raft_storage *storage;     /* borrowed; must outlive the raft object */
 };
 
 struct raft_read_state {

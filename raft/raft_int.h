@@ -45,8 +45,7 @@ void raft__arena_free(struct raft__arena *a);
 int raft__arena_copy_entries(struct raft__arena *a, const struct raft_entry *src, size_t n,
                              struct raft_entry **out);
 /* Copies len bytes; *out is NULL when len is 0. */
-int raft__arena_copy_buf(struct raft__arena *a, const void *src, size_t len,
-                         struct raft_buf *out);
+int raft__arena_copy_buf(struct raft__arena *a, const void *src, size_t len, struct raft_buf *out);
 
 /* ---- PRNG (splitmix64) ---- */
 uint64_t raft__prng_next(uint64_t *state);
@@ -59,15 +58,15 @@ struct raft__unstable {
     struct raft_entry *ents;   /* live entries are ents[start .. start + n) */
     size_t start;
     size_t n;
-    size_t cap;                /* allocated slots in ents */
-    uint64_t offset;           /* log index of ents[start] */
+    size_t cap;      /* allocated slots in ents */
+    uint64_t offset; /* log index of ents[start] */
 };
 
 struct raft__log {
     struct raft_storage *st; /* borrowed */
     struct raft__unstable u;
-    uint64_t committed;      /* highest index known committed */
-    uint64_t applied;        /* highest index the driver applied */
+    uint64_t committed; /* highest index known committed */
+    uint64_t applied;   /* highest index the driver applied */
 };
 
 int raft__log_init(struct raft__log *l, struct raft_storage *st);
@@ -97,16 +96,16 @@ int raft__log_maybe_append(struct raft__log *l, uint64_t index, uint64_t log_ter
                            uint64_t committed, const struct raft_entry *e, size_t n,
                            uint64_t *lastnewi, bool *ok);
 /* Largest index <= index whose term is <= term (etcd findConflictByTerm). */
-uint64_t raft__log_find_conflict_by_term(const struct raft__log *l, uint64_t index,
-                                         uint64_t term, uint64_t *found_term);
+uint64_t raft__log_find_conflict_by_term(const struct raft__log *l, uint64_t index, uint64_t term,
+                                         uint64_t *found_term);
 void raft__log_commit_to(struct raft__log *l, uint64_t i);
 void raft__log_applied_to(struct raft__log *l, uint64_t i);
 /*
  * Entries [lo, hi) copied into arena a, stopping once max_bytes of data
  * would be exceeded (at least one entry).
  */
-int raft__log_slice(const struct raft__log *l, struct raft__arena *a, uint64_t lo,
-                    uint64_t hi, uint64_t max_bytes, struct raft_entry **out, size_t *n);
+int raft__log_slice(const struct raft__log *l, struct raft__arena *a, uint64_t lo, uint64_t hi,
+                    uint64_t max_bytes, struct raft_entry **out, size_t *n);
 bool raft__log_has_next_committed(const struct raft__log *l);
 /* Marks entries up to (i, term) persisted; false if (i, term) no longer matches. */
 bool raft__log_stable_to(struct raft__log *l, uint64_t i, uint64_t term);
@@ -148,7 +147,7 @@ struct raft__progress {
     bool probe_sent;           /* probe state: an APP is out, pause until answered */
     bool recent_active;        /* heard from within the current election timeout */
     bool is_learner;
-    int8_t vote;               /* -1 not yet, 0 rejected, 1 granted */
+    int8_t vote; /* -1 not yet, 0 rejected, 1 granted */
     struct raft__inflights ins;
 };
 

@@ -24,8 +24,8 @@ const char *raft_strerror(int rc) {
     switch (rc) {
     case 0:
         return "success";
-#define RAFT__ERR_CASE(name, value, text)                                                      \
-    case value:                                                                                 \
+#define RAFT__ERR_CASE(name, value, text)                                                          \
+    case value:                                                                                    \
         return text;
         RAFT_ERRORS(RAFT__ERR_CASE)
 #undef RAFT__ERR_CASE
@@ -99,8 +99,7 @@ void raft__arena_free(struct raft__arena *a) {
     a->head = NULL;
 }
 
-int raft__arena_copy_buf(struct raft__arena *a, const void *src, size_t len,
-                         struct raft_buf *out) {
+int raft__arena_copy_buf(struct raft__arena *a, const void *src, size_t len, struct raft_buf *out) {
     ASSERT(out != NULL);
     ASSERT(len == 0 || src != NULL);
     out->base = NULL;

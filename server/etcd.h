@@ -187,12 +187,12 @@ struct etcd {
     struct etcd_alarm alarms[ETCD_ALARMS_MAX];
 
     /* For GET /metrics (etcd's names). */
-    uint64_t leader_seen;         /* last leader observed by etcd__status() */
-    uint64_t leader_changes;      /* etcd_server_leader_changes_seen_total */
-    uint64_t proposals_pending;   /* client submissions awaiting their callback */
-    uint64_t proposals_failed;    /* submissions not applied (timeout, refused) */
-    uint64_t health_success;      /* GET /health answered true */
-    uint64_t health_failures;     /* ... false */
+    uint64_t leader_seen;       /* last leader observed by etcd__status() */
+    uint64_t leader_changes;    /* etcd_server_leader_changes_seen_total */
+    uint64_t proposals_pending; /* client submissions awaiting their callback */
+    uint64_t proposals_failed;  /* submissions not applied (timeout, refused) */
+    uint64_t health_success;    /* GET /health answered true */
+    uint64_t health_failures;   /* ... false */
 };
 
 void etcd__ref(struct etcd *e);

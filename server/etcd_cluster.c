@@ -159,16 +159,22 @@ static const struct node_member *find_member(const struct node_status *st, uint6
 /* node__member_change's errors in etcd's words. */
 static int change_error(struct etcd *e, int err) {
     switch (err) {
-    case -EEXIST: return ETCD_EPEERURLEXISTS;
-    case -ENOENT: return ETCD_EMEMBERNOTFOUND;
-    case -EPERM: return ETCD_ELEARNERNOTREADY;
-    case -EINVAL: return ETCD_EMEMBERNOTLEARNER;
-    case -EBUSY: return ETCD_EUNHEALTHY;
+    case -EEXIST:
+        return ETCD_EPEERURLEXISTS;
+    case -ENOENT:
+        return ETCD_EMEMBERNOTFOUND;
+    case -EPERM:
+        return ETCD_ELEARNERNOTREADY;
+    case -EINVAL:
+        return ETCD_EMEMBERNOTLEARNER;
+    case -EBUSY:
+        return ETCD_EUNHEALTHY;
     case -EAGAIN:
         /* Raft would not take the proposal: no leader, or not now. */
         etcd__status_invalidate(e);
         return etcd__status(e)->leader ? ETCD_EUNHEALTHY : ETCD_ENOLEADER;
-    default: return err;
+    default:
+        return err;
     }
 }
 

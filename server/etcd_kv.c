@@ -118,7 +118,8 @@ static void compare_from_pb(const Etcdserverpb__Compare *in, struct store_compar
         if (in->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_LEASE)
             out->number = in->lease;
         break;
-    default: break;
+    default:
+        break;
     }
 }
 
@@ -362,7 +363,8 @@ static int txn_level_to_pb(struct etcd_arena *a, const struct store_txn *t,
             ro->response_txn = tr;
             break;
         }
-        default: return STORE_ECORRUPT;
+        default:
+            return STORE_ECORRUPT;
         }
     }
     return 0;
@@ -407,7 +409,9 @@ static int64_t now_ns(void) {
 }
 
 /* etcd serves only Status and serializable reads on a learner. */
-static bool learner(struct etcd *e) { return etcd__status(e)->learner; }
+static bool learner(struct etcd *e) {
+    return etcd__status(e)->learner;
+}
 
 static void reply_or_error(struct api_call *call, int rc, const ProtobufCMessage *resp) {
     if (rc)

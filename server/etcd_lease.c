@@ -186,7 +186,8 @@ void etcd__lease_on_apply(struct etcd *e, const struct store_result *res) {
             table_set(t, res->lease_id, res->lease_ttl,
                       deadline_after(e, res->lease_remaining_ttl));
         break;
-    default: break;
+    default:
+        break;
     }
 }
 
@@ -245,7 +246,9 @@ void etcd__lease_on_leader(struct etcd *e, bool leading) {
 
 /* --------------------------------------------------------------- life */
 
-static void timer_closed(uv_handle_t *h) { etcd__unref(h->data); }
+static void timer_closed(uv_handle_t *h) {
+    etcd__unref(h->data);
+}
 
 int etcd__lease_init(struct etcd *e) {
     struct etcd_lease_table *t = calloc(1, sizeof *t);

@@ -66,9 +66,12 @@
 
 static const char *alarm_name(int type) {
     switch (type) {
-    case ETCDSERVERPB__ALARM_TYPE__NOSPACE: return "NOSPACE";
-    case ETCDSERVERPB__ALARM_TYPE__CORRUPT: return "CORRUPT";
-    default: return "NONE";
+    case ETCDSERVERPB__ALARM_TYPE__NOSPACE:
+        return "NOSPACE";
+    case ETCDSERVERPB__ALARM_TYPE__CORRUPT:
+        return "CORRUPT";
+    default:
+        return "NONE";
     }
 }
 
@@ -121,8 +124,7 @@ void etcd__alarm(void *ctx, struct api_call *call, const Etcdserverpb__AlarmRequ
         api_reply_error(call, API_GRPC_INVALID_ARGUMENT, "etcdserver: unknown alarm action");
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        pms[i] = &ms[i];
+    for (size_t i = 0; i < n; i++) pms[i] = &ms[i];
     /* etcd 3.4 answers Alarm from its apply path without a header (the
      * gateway shows "{}"). */
     resp.alarms = pms;
@@ -328,8 +330,7 @@ int etcd__tar_header(uint8_t hdr[512], const char *name, uint64_t size, uint32_t
     memcpy(hdr + 263, "00", 2);
     memset(hdr + 148, ' ', 8);
     unsigned sum = 0;
-    for (unsigned i = 0; i < TAR_BLOCK; i++)
-        sum += hdr[i];
+    for (unsigned i = 0; i < TAR_BLOCK; i++) sum += hdr[i];
     put_octal(hdr + 148, 7, sum);
     hdr[155] = ' ';
     return 0;
@@ -338,8 +339,7 @@ int etcd__tar_header(uint8_t hdr[512], const char *name, uint64_t size, uint32_t
 static int get_octal(const uint8_t *f, size_t width, uint64_t *out) {
     uint64_t v = 0;
     size_t i = 0;
-    while (i < width && f[i] == ' ')
-        i++;
+    while (i < width && f[i] == ' ') i++;
     bool any = false;
     for (; i < width && f[i] >= '0' && f[i] <= '7'; i++) {
         if (v >> 60) return -1;
@@ -355,12 +355,10 @@ static int get_octal(const uint8_t *f, size_t width, uint64_t *out) {
 
 int etcd__tar_parse(const uint8_t hdr[512], char name[101], uint64_t *size, char *type) {
     bool zero = true;
-    for (unsigned i = 0; i < TAR_BLOCK && zero; i++)
-        zero = hdr[i] == 0;
+    for (unsigned i = 0; i < TAR_BLOCK && zero; i++) zero = hdr[i] == 0;
     if (zero) return 1;
     unsigned sum = 0;
-    for (unsigned i = 0; i < TAR_BLOCK; i++)
-        sum += (i >= 148 && i < 156) ? ' ' : hdr[i];
+    for (unsigned i = 0; i < TAR_BLOCK; i++) sum += (i >= 148 && i < 156) ? ' ' : hdr[i];
     uint64_t want;
     if (get_octal(hdr + 148, 8, &want) != 0 || want != sum) return -1;
     memcpy(name, hdr, 100);
@@ -379,7 +377,9 @@ int etcd__tar_parse(const uint8_t hdr[512], char name[101], uint64_t *size, char
     return 0;
 }
 
-static uint64_t tar_padded(uint64_t n) { return (n + TAR_BLOCK - 1) / TAR_BLOCK * TAR_BLOCK; }
+static uint64_t tar_padded(uint64_t n) {
+    return (n + TAR_BLOCK - 1) / TAR_BLOCK * TAR_BLOCK;
+}
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st;
@@ -389,7 +389,9 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 }
 
 /* Removes a directory tree; errors are ignored (best effort cleanup). */
-static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void rm_tree(const char *dir) {
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 /* --------------------------------------------------------------- snapshot */
 
@@ -528,7 +530,9 @@ static ssize_t snap_produce(struct etcd_snapshot *sn, uint8_t *buf, size_t cap) 
 
 static void snap_pump(struct etcd_snapshot *sn);
 
-static void turn_cb(uv_timer_t *t) { snap_pump(t->data); }
+static void turn_cb(uv_timer_t *t) {
+    snap_pump(t->data);
+}
 
 static void snap_pump(struct etcd_snapshot *sn) {
     if (!sn->st || sn->waiting) return;
@@ -695,8 +699,7 @@ void etcd__snapshot(void *ctx, struct api_stream *stream,
     snprintf(sn->files[0].name, sizeof sn->files[0].name, "%s", SNAP_MARKER_NAME);
     sn->files[0].size = sn->marker_len;
     sn->total = 2 * TAR_BLOCK;
-    for (size_t i = 0; i < sn->n_files; i++)
-        sn->total += TAR_BLOCK + tar_padded(sn->files[i].size);
+    for (size_t i = 0; i < sn->n_files; i++) sn->total += TAR_BLOCK + tar_padded(sn->files[i].size);
     sn->sha = EVP_MD_CTX_new();
     if (!sn->sha || EVP_DigestInit_ex(sn->sha, EVP_sha256(), NULL) != 1) {
         snap_finish(sn, API_GRPC_INTERNAL, "etcdserver: snapshot checksum failed");

@@ -101,7 +101,9 @@ struct etcd_watch_hub {
 
 /* --------------------------------------------------------------- helpers */
 
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) {
+    return a > b ? a : b;
+}
 
 static bool watcher_matches(const struct watcher *w, const struct store_event *ev) {
     if (ev->type == STORE_EVENT_PUT ? w->no_put : w->no_delete) return false;
@@ -478,8 +480,8 @@ static void start_progress_timer(struct wstream *ws) {
     ws->progress_timer_on = true;
     /* etcd adds up to a tenth of jitter so that watchers created together
      * do not report together. */
-    uint64_t jitter =
-        progress_interval_ms / 10 ? (uint64_t)rand() % (progress_interval_ms / 10) : 0;
+    uint64_t jitter = progress_interval_ms / 10 ? (uint64_t)rand() % (progress_interval_ms / 10)
+                                                : 0;
     uint64_t every = progress_interval_ms + jitter;
     uv_timer_start(&ws->progress_timer, progress_cb, every, every);
 }
@@ -518,8 +520,7 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
         return;
     }
     if (id == 0) {
-        while (watcher_find(ws, ws->next_id, NULL))
-            ws->next_id++;
+        while (watcher_find(ws, ws->next_id, NULL)) ws->next_id++;
         id = ws->next_id++;
     }
     struct watcher *w = calloc(1, sizeof *w);
@@ -554,8 +555,7 @@ static void create_watch(struct wstream *ws, const Etcdserverpb__WatchCreateRequ
     }
     /* Newest last, so a stream's watchers are served in creation order. */
     struct watcher **pp = &ws->watchers;
-    while (*pp)
-        pp = &(*pp)->next;
+    while (*pp) pp = &(*pp)->next;
     *pp = w;
     ws->n_watchers++;
     c.watch_id = id;
@@ -601,7 +601,8 @@ void etcd__watch_request(void *ctx, struct api_stream *stream,
         send_progress_if_synced(ws);
         if (ws->progress_wanted) schedule_sync(ws->e, 0);
         break;
-    default: break; /* etcd ignores what it does not know */
+    default:
+        break; /* etcd ignores what it does not know */
     }
 }
 
@@ -621,8 +622,7 @@ static void close_stream(struct wstream *ws, enum api_grpc_code code, const char
     ws->st = NULL;
     *ws->pprev = ws->next;
     if (ws->next) ws->next->pprev = ws->pprev;
-    while (ws->watchers)
-        watcher_remove(ws, &ws->watchers);
+    while (ws->watchers) watcher_remove(ws, &ws->watchers);
     while (ws->ctrl_head) {
         struct ctrl *c = ws->ctrl_head;
         ws->ctrl_head = c->next;
@@ -685,7 +685,9 @@ void etcd__watch_drained(struct etcd *e, struct api_stream *stream) {
 
 /* --------------------------------------------------------------- life */
 
-static void hub_timer_closed(uv_handle_t *h) { etcd__unref(h->data); }
+static void hub_timer_closed(uv_handle_t *h) {
+    etcd__unref(h->data);
+}
 
 /* A snapshot replaced the store: every synced watcher catches up from the
  * new store's history (or is canceled with compact_revision if it no longer

@@ -38,8 +38,7 @@ int main(int argc, char **argv) {
     static struct server_config cfg; /* large: keep it off the stack */
     char err[512];
     const char *file = NULL;
-    bool restore = argc >= 3 && strcmp(argv[1], "snapshot") == 0 &&
-                   strcmp(argv[2], "restore") == 0;
+    bool restore = argc >= 3 && strcmp(argv[1], "snapshot") == 0 && strcmp(argv[2], "restore") == 0;
     if (restore) {
         if (argc < 4) {
             fprintf(stderr, "usage: quorumfs snapshot restore FILE [--data-dir DIR] [flags]\n");

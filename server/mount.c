@@ -61,11 +61,11 @@
 #include "store/store.h"
 
 #define MOUNT_ENDPOINTS_MAX 16
-#define MOUNT_PAGE_KEYS 1000        /* keys per Range page of a (re)load */
-#define MOUNT_RETRY_MIN_MS 100u     /* watch restart backoff */
+#define MOUNT_PAGE_KEYS 1000    /* keys per Range page of a (re)load */
+#define MOUNT_RETRY_MIN_MS 100u /* watch restart backoff */
 #define MOUNT_RETRY_MAX_MS 1000u
-#define MOUNT_EVQ_MAX 65536u        /* watch responses waiting to be classified */
-#define MOUNT_MY_REVS_MAX 4096u     /* revisions of this mount's writes not yet seen */
+#define MOUNT_EVQ_MAX 65536u    /* watch responses waiting to be classified */
+#define MOUNT_MY_REVS_MAX 4096u /* revisions of this mount's writes not yet seen */
 #define MOUNT_TICK_MS 100u
 
 /* ------------------------------------------------------------ logging */
@@ -81,9 +81,9 @@ static void logf_(const char *fmt, ...) {
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ quorumfs mount: %s\n",
-            tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-            ts.tv_nsec / 1000000, line);
+    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ quorumfs mount: %s\n", tm.tm_year + 1900,
+            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+            line);
 }
 
 static uint64_t now_ms(void) {
@@ -99,15 +99,15 @@ struct mount_config {
     size_t n_endpoints;
     char *endpoints_buf;
     const char *cacert, *cert, *key;
-    char *user;           /* --user NAME[:PASSWORD] (split here) */
+    char *user; /* --user NAME[:PASSWORD] (split here) */
     const char *password;
     uint32_t dial_timeout_ms;
     uint32_t command_timeout_ms;
     const char *prefix;
     char cache_dir[PATH_MAX];
     bool read_only, foreground, nonempty, debug;
-    bool linearizable;    /* --mount-consistency=linearizable */
-    uint32_t uid, gid;    /* --mount-uid, --mount-gid: owner of keys without metadata */
+    bool linearizable;            /* --mount-consistency=linearizable */
+    uint32_t uid, gid;            /* --mount-uid, --mount-gid: owner of keys without metadata */
     uint32_t file_mode, dir_mode; /* --mount-file-mode, --mount-dir-mode (octal) */
     uint64_t max_request_bytes;
     const char *log_file;
@@ -115,51 +115,50 @@ struct mount_config {
 };
 
 void mount_usage(FILE *out) {
-    fputs(
-        "usage: quorumfs mount [flags] MOUNTPOINT\n"
-        "\n"
-        "Mounts the key space of an etcd v3 cluster (quorumfs or etcd) at MOUNTPOINT as a\n"
-        "client, not a member. Keys are files, prefixes are directories, changes made\n"
-        "anywhere are inotify events here. The last state seen is kept under --cache-dir\n"
-        "and served read-only while no endpoint answers.\n"
-        "\n"
-        "flags (etcdctl's names):\n"
-        "  --endpoints URL,...      cluster endpoints, tried in turn (default\n"
-        "                           http://127.0.0.1:2379); https:// needs --cacert\n"
-        "                           or the system's CAs\n"
-        "  --cacert FILE            CA bundle that verifies the servers\n"
-        "  --cert FILE, --key FILE  client certificate and key (client-cert auth)\n"
-        "  --user NAME[:PASSWORD]   etcd user (auth); --password PASSWORD\n"
-        "  --dial-timeout DURATION  per endpoint connection attempt (default 2s); also\n"
-        "                           how long a disconnect lasts before writes fail fast\n"
-        "  --command-timeout DURATION  per write (default 5s)\n"
-        "\n"
-        "quorumfs's own:\n"
-        "  --prefix KEYPREFIX       the part of the key space shown (default /)\n"
-        "  --cache-dir DIR          where the local copy is kept (default\n"
-        "                           /var/cache/quorumfs/mount-<mountpoint path>)\n"
-        "  --read-only              refuse every write with EROFS\n"
-        "  --foreground             stay in the foreground (default: detach once mounted)\n"
-        "  --log-file FILE          log here (default: stderr; /dev/null once detached)\n"
-        "  --mount-nonempty         allow mounting over a non-empty directory\n"
-        "  --mount-uid UID, --mount-gid GID\n"
-        "                           owner of files and directories without stored metadata\n"
-        "                           (keys written through the etcd API; default 0, root)\n"
-        "  --mount-file-mode MODE, --mount-dir-mode MODE\n"
-        "                           their permissions (default 0644 and 0755); other users\n"
-        "                           read (allow_other), the kernel checks the modes\n"
-        "  --mount-consistency local|linearizable\n"
-        "                           linearizable: open(2) first asks the cluster for its\n"
-        "                           revision and waits until the copy has it (default local)\n"
-        "  --max-request-bytes N    largest value a file may hold (default 1048576; match\n"
-        "                           the servers' --max-request-bytes)\n"
-        "  --help                   this text\n"
-        "\n"
-        "Durations are Go-style: 500ms, 2s, 1m (a bare number is seconds).\n"
-        "Errors of a write (close(2), fsync(2)): EROFS, EACCES, EFBIG, ENOSPC, EEXIST: not\n"
-        "applied; ETIMEDOUT: sent, outcome unknown. getfattr -d -m user.quorumfs on the\n"
-        "mountpoint shows the copy's revision and whether it is connected.\n",
-        out);
+    fputs("usage: quorumfs mount [flags] MOUNTPOINT\n"
+          "\n"
+          "Mounts the key space of an etcd v3 cluster (quorumfs or etcd) at MOUNTPOINT as a\n"
+          "client, not a member. Keys are files, prefixes are directories, changes made\n"
+          "anywhere are inotify events here. The last state seen is kept under --cache-dir\n"
+          "and served read-only while no endpoint answers.\n"
+          "\n"
+          "flags (etcdctl's names):\n"
+          "  --endpoints URL,...      cluster endpoints, tried in turn (default\n"
+          "                           http://127.0.0.1:2379); https:// needs --cacert\n"
+          "                           or the system's CAs\n"
+          "  --cacert FILE            CA bundle that verifies the servers\n"
+          "  --cert FILE, --key FILE  client certificate and key (client-cert auth)\n"
+          "  --user NAME[:PASSWORD]   etcd user (auth); --password PASSWORD\n"
+          "  --dial-timeout DURATION  per endpoint connection attempt (default 2s); also\n"
+          "                           how long a disconnect lasts before writes fail fast\n"
+          "  --command-timeout DURATION  per write (default 5s)\n"
+          "\n"
+          "quorumfs's own:\n"
+          "  --prefix KEYPREFIX       the part of the key space shown (default /)\n"
+          "  --cache-dir DIR          where the local copy is kept (default\n"
+          "                           /var/cache/quorumfs/mount-<mountpoint path>)\n"
+          "  --read-only              refuse every write with EROFS\n"
+          "  --foreground             stay in the foreground (default: detach once mounted)\n"
+          "  --log-file FILE          log here (default: stderr; /dev/null once detached)\n"
+          "  --mount-nonempty         allow mounting over a non-empty directory\n"
+          "  --mount-uid UID, --mount-gid GID\n"
+          "                           owner of files and directories without stored metadata\n"
+          "                           (keys written through the etcd API; default 0, root)\n"
+          "  --mount-file-mode MODE, --mount-dir-mode MODE\n"
+          "                           their permissions (default 0644 and 0755); other users\n"
+          "                           read (allow_other), the kernel checks the modes\n"
+          "  --mount-consistency local|linearizable\n"
+          "                           linearizable: open(2) first asks the cluster for its\n"
+          "                           revision and waits until the copy has it (default local)\n"
+          "  --max-request-bytes N    largest value a file may hold (default 1048576; match\n"
+          "                           the servers' --max-request-bytes)\n"
+          "  --help                   this text\n"
+          "\n"
+          "Durations are Go-style: 500ms, 2s, 1m (a bare number is seconds).\n"
+          "Errors of a write (close(2), fsync(2)): EROFS, EACCES, EFBIG, ENOSPC, EEXIST: not\n"
+          "applied; ETIMEDOUT: sent, outcome unknown. getfattr -d -m user.quorumfs on the\n"
+          "mountpoint shows the copy's revision and whether it is connected.\n",
+          out);
 }
 
 static int parse_duration_ms(const char *s, uint32_t *out) {
@@ -267,8 +266,7 @@ static int config_parse(struct mount_config *c, int argc, char **argv, char *err
             }
         } else if (strcmp(name, "--password") == 0) {
             c->password = val;
-        } else if (strcmp(name, "--dial-timeout") == 0 ||
-                   strcmp(name, "--command-timeout") == 0) {
+        } else if (strcmp(name, "--dial-timeout") == 0 || strcmp(name, "--command-timeout") == 0) {
             uint32_t ms;
             if (parse_duration_ms(val, &ms) != 0 || ms == 0) {
                 snprintf(err, el, "%s: '%s' is not a duration (e.g. 500ms, 2s)", name, val);
@@ -459,9 +457,9 @@ struct barrier {
 /* A watch response that arrived while earlier writes were unanswered. */
 struct evq_item {
     struct evq_item *next;
-    uint64_t seq_hi;   /* writes sent before it arrived: all <= seq_hi */
+    uint64_t seq_hi; /* writes sent before it arrived: all <= seq_hi */
     size_t len;
-    uint8_t bytes[];   /* the packed WatchResponse */
+    uint8_t bytes[]; /* the packed WatchResponse */
 };
 
 struct mnt {
@@ -479,10 +477,10 @@ struct mnt {
     struct sub *subq_head, *subq_tail;
     struct barrier *barq; /* asked, not yet sent (LIFO is fine) */
     bool stopping;
-    _Atomic int online;           /* the watch is established */
+    _Atomic int online;                /* the watch is established */
     _Atomic uint64_t offline_since_ms; /* 0 while online or never online */
 
-    uv_async_t wake;      /* submits queued, fs_run returned, mounted */
+    uv_async_t wake; /* submits queued, fs_run returned, mounted */
     _Atomic int fs_exited;
     _Atomic int mounted;
     uv_timer_t tick;
@@ -492,9 +490,9 @@ struct mnt {
     bool closing;
 
     /* Loop thread only. */
-    char *prefix;        /* key prefix mirrored (the fs prefix, '/'-terminated) */
+    char *prefix; /* key prefix mirrored (the fs prefix, '/'-terminated) */
     size_t prefix_len;
-    char *pend;          /* its range_end */
+    char *pend; /* its range_end */
     size_t pend_len;
     struct client_stream *ws;
     bool ws_created;
@@ -505,14 +503,14 @@ struct mnt {
     uint8_t *next_key;
     size_t next_key_len;
     uint32_t retry_ms;
-    uint64_t seq_next;   /* sequence of the next write sent */
-    struct sub *inflight; /* sent, unanswered (linked by next) */
-    struct sub *waiting;  /* answered, waiting for the copy (wait_next) */
+    uint64_t seq_next;           /* sequence of the next write sent */
+    struct sub *inflight;        /* sent, unanswered (linked by next) */
+    struct sub *waiting;         /* answered, waiting for the copy (wait_next) */
     struct barrier *bar_waiting; /* answered, waiting for the copy */
-    bool serializable;    /* load with serializable ranges (a learner) */
-    bool ever_connected;  /* some endpoint answered since the start */
-    size_t tls_failures;  /* TLS handshakes refused before that */
-    char tls_fatal[512];  /* set: startup fails with this line */
+    bool serializable;           /* load with serializable ranges (a learner) */
+    bool ever_connected;         /* some endpoint answered since the start */
+    size_t tls_failures;         /* TLS handshakes refused before that */
+    char tls_fatal[512];         /* set: startup fails with this line */
     struct evq_item *evq_head, *evq_tail;
     size_t evq_len;
     int64_t my_revs[MOUNT_MY_REVS_MAX];
@@ -527,10 +525,14 @@ static struct mnt *g_mnt; /* for the fs backend's connected() and signals */
 
 static int cache_errno(int rc) {
     switch (rc) {
-    case 0: return 0;
-    case STORE_ENOMEM: return -ENOMEM;
-    case STORE_EKEYNOTFOUND: return -ENOENT;
-    default: return -EIO;
+    case 0:
+        return 0;
+    case STORE_ENOMEM:
+        return -ENOMEM;
+    case STORE_EKEYNOTFOUND:
+        return -ENOENT;
+    default:
+        return -EIO;
     }
 }
 
@@ -584,8 +586,8 @@ static int be_get(void *data, const char *key, size_t key_len, struct fs_kv *out
 }
 
 static int be_range(void *data, const char *start, size_t start_len, const char *end,
-                    size_t end_len, size_t limit, int keys_only, struct fs_kv **out,
-                    size_t *n_out, int *more) {
+                    size_t end_len, size_t limit, int keys_only, struct fs_kv **out, size_t *n_out,
+                    int *more) {
     struct mnt *m = data;
     *out = NULL;
     *n_out = 0;
@@ -596,8 +598,7 @@ static int be_range(void *data, const char *start, size_t start_len, const char 
         end_len = 1;
     }
     struct store_range_result r = {0};
-    int rc = store_cache_range(m->cache, start, start_len, end, end_len, limit, keys_only != 0,
-                               &r);
+    int rc = store_cache_range(m->cache, start, start_len, end, end_len, limit, keys_only != 0, &r);
     if (rc) return cache_errno(rc);
     if (r.n_kvs) {
         struct fs_kv *kvs = calloc(r.n_kvs, sizeof *kvs);
@@ -669,7 +670,9 @@ static char *copy_bytes(char **pool, const char *p, size_t n) {
     return d;
 }
 
-static void wake_loop(struct mnt *m) { uv_async_send(&m->wake); }
+static void wake_loop(struct mnt *m) {
+    uv_async_send(&m->wake);
+}
 
 static int be_submit(void *data, const struct fs_txn *txn, fs_txn_done_cb done_cb, void *arg) {
     struct mnt *m = data;
@@ -753,7 +756,8 @@ static int grpc_to_errno(const struct client_status *st) {
     const char *msg = st->message ? st->message : "";
     if (st->code != 0 && strstr(msg, "not supported for learner")) return -EROFS;
     switch (st->code) {
-    case 0: return 0;
+    case 0:
+        return 0;
     case 1:  /* CANCELLED */
     case 4:  /* DEADLINE_EXCEEDED */
     case 14: /* UNAVAILABLE */
@@ -1086,8 +1090,8 @@ static void kv_from_pb(const Mvccpb__KeyValue *p, struct store_kv *kv) {
     }
 }
 
-static void notify(struct mnt *m, enum fs_change_type type, const void *key, size_t kl,
-                   int64_t rev, bool created, bool local, bool more, bool meta_only) {
+static void notify(struct mnt *m, enum fs_change_type type, const void *key, size_t kl, int64_t rev,
+                   bool created, bool local, bool more, bool meta_only) {
     struct fs_change c = {.type = type,
                           .meta_only = meta_only,
                           .key = key,
@@ -1152,9 +1156,8 @@ static void process_watch_response(struct mnt *m, const Etcdserverpb__WatchRespo
     for (size_t i = 0; i < n; i++) {
         const struct store_kv *kv = &ch[i].kv;
         bool more = i + 1 < n && ch[i + 1].kv.mod_revision == kv->mod_revision;
-        notify(m, ch[i].type == STORE_EVENT_DELETE ? FS_CHANGE_DELETE : FS_CHANGE_PUT,
-               kv->key.base, kv->key.len, kv->mod_revision,
-               ch[i].type == STORE_EVENT_PUT && kv->version == 1,
+        notify(m, ch[i].type == STORE_EVENT_DELETE ? FS_CHANGE_DELETE : FS_CHANGE_PUT, kv->key.base,
+               kv->key.len, kv->mod_revision, ch[i].type == STORE_EVENT_PUT && kv->version == 1,
                my_revs_has(m, kv->mod_revision), more, meta_only[i]);
     }
     free(ch);
@@ -1188,7 +1191,9 @@ static void evq_drain_all(struct mnt *m, bool all) {
     }
 }
 
-static void evq_drain(struct mnt *m) { evq_drain_all(m, false); }
+static void evq_drain(struct mnt *m) {
+    evq_drain_all(m, false);
+}
 
 static void watch_restart(struct mnt *m, bool backoff) {
     if (m->ws) {
@@ -1434,8 +1439,8 @@ static void range_cb(void *arg, const struct client_status *st, const ProtobufCM
     size_t changes = 0;
     for (struct diff_item *d = dl.head, *nx; d; d = nx) {
         nx = d->next;
-        notify(m, d->kind == STORE_CACHE_DELETED ? FS_CHANGE_DELETE : FS_CHANGE_PUT, d->key,
-               d->kl, d->kind == STORE_CACHE_DELETED ? m->reload_rev : d->rev,
+        notify(m, d->kind == STORE_CACHE_DELETED ? FS_CHANGE_DELETE : FS_CHANGE_PUT, d->key, d->kl,
+               d->kind == STORE_CACHE_DELETED ? m->reload_rev : d->rev,
                d->kind == STORE_CACHE_CREATED, false, false, false);
         changes++;
         free(d);
@@ -1817,8 +1822,7 @@ int mount_main(int argc, char **argv) {
     rc = fs_new(&opt, &be, &m->fs);
     if (rc) {
         snprintf(err, sizeof err, "cannot mount %.400s: %s (%.300s)", cfg.mountpoint,
-                 fs_strerror(rc),
-                 m->fs ? fs_errmsg(m->fs) : "");
+                 fs_strerror(rc), m->fs ? fs_errmsg(m->fs) : "");
         logf_("%s", err);
         report_ready(m, err);
         begin_close(m);

@@ -78,13 +78,13 @@ struct node_member {
 };
 
 struct node_status {
-    uint64_t id;        /* this member */
-    uint64_t leader;    /* 0 = none known */
+    uint64_t id;     /* this member */
+    uint64_t leader; /* 0 = none known */
     uint64_t term;
-    uint64_t commit;    /* Raft commit index (etcd's raftIndex) */
-    uint64_t applied;   /* etcd's raftAppliedIndex */
+    uint64_t commit;  /* Raft commit index (etcd's raftIndex) */
+    uint64_t applied; /* etcd's raftAppliedIndex */
     uint64_t cluster_id;
-    bool learner;       /* this member is a learner */
+    bool learner; /* this member is a learner */
     size_t n_members;
     struct node_member members[SERVER_MEMBERS_MAX];
 };

@@ -54,9 +54,13 @@ void node__logf(struct node *n, const char *fmt, ...) {
 
 #define logf_(...) node__logf(n, __VA_ARGS__)
 
-static uint64_t now_ms(struct node *n) { return n->io.now_ms(n->io.ctx); }
+static uint64_t now_ms(struct node *n) {
+    return n->io.now_ms(n->io.ctx);
+}
 
-static void node_stop(struct node *n) { n->io.stop(n->io.ctx); }
+static void node_stop(struct node *n) {
+    n->io.stop(n->io.ctx);
+}
 
 static void peers_changed(struct node *n, const struct node_member *old, size_t n_old) {
     if (n->io.peers_changed) n->io.peers_changed(n->io.ctx, old, n_old);
@@ -66,14 +70,13 @@ static void peers_changed(struct node *n, const struct node_member *old, size_t 
  * catches up from the log rather than a snapshot (etcd keeps 5000). */
 #define COMPACT_CATCHUP_ENTRIES_MAX 5000u
 
-
 struct proposal {
-    struct proposal *next;  /* queue link, then bucket link */
+    struct proposal *next; /* queue link, then bucket link */
     uint64_t id;
-    void *data;             /* encoded store request (owned) */
+    void *data; /* encoded store request (owned) */
     size_t len;
-    uint64_t deadline_ms;   /* io.now_ms based */
-    bool proposed;          /* handed to raft_propose successfully */
+    uint64_t deadline_ms; /* io.now_ms based */
+    bool proposed;        /* handed to raft_propose successfully */
     enum node_origin origin;
     node_done_cb cb;
     void *arg;
@@ -82,9 +85,9 @@ struct proposal {
 /* A linearizable read waiting for its read index, then for apply. */
 struct barrier {
     struct barrier *next;
-    uint64_t id;          /* the ReadIndex context */
-    uint64_t index;       /* 0 until the leader answered */
-    bool asked;           /* raft_read_index accepted it */
+    uint64_t id;    /* the ReadIndex context */
+    uint64_t index; /* 0 until the leader answered */
+    bool asked;     /* raft_read_index accepted it */
     uint64_t deadline_ms;
     node_barrier_cb cb;
     void *arg;
@@ -105,24 +108,33 @@ struct waiter {
 #define MEMBER_UPDATE_ENTRY 0xFEu
 _Static_assert(STORE_REQUEST_VERSION != MEMBER_UPDATE_ENTRY, "entry kinds must differ");
 
-
 struct store *node__store_acquire(struct node *n) {
     pthread_rwlock_rdlock(&n->store_lock);
     return n->store;
 }
 
-void node__store_release(struct node *n) { pthread_rwlock_unlock(&n->store_lock); }
+void node__store_release(struct node *n) {
+    pthread_rwlock_unlock(&n->store_lock);
+}
 
 int node__errno(int rc) {
     switch (rc) {
-    case 0: return 0;
-    case STORE_ETOOLARGE: return -EFBIG;
-    case STORE_ENOSPACE: return -ENOSPC;
-    case STORE_EKEYTOOLARGE: return -ENAMETOOLONG;
-    case STORE_EKEYEMPTY: return -EINVAL;
-    case STORE_ENOMEM: return -ENOMEM;
-    case STORE_EKEYNOTFOUND: return -ENOENT;
-    case STORE_ETOOMANYOPS: return -E2BIG;
+    case 0:
+        return 0;
+    case STORE_ETOOLARGE:
+        return -EFBIG;
+    case STORE_ENOSPACE:
+        return -ENOSPC;
+    case STORE_EKEYTOOLARGE:
+        return -ENAMETOOLONG;
+    case STORE_EKEYEMPTY:
+        return -EINVAL;
+    case STORE_ENOMEM:
+        return -ENOMEM;
+    case STORE_EKEYNOTFOUND:
+        return -ENOENT;
+    case STORE_ETOOMANYOPS:
+        return -E2BIG;
     default:
         if (rc < 0 && rc > -1000) return rc; /* already an errno */
         return -EIO;
@@ -175,7 +187,9 @@ static void proposal_finish(struct node *n, struct proposal *p, int err,
     pthread_mutex_unlock(&n->mu);
 }
 
-bool node__is_learner(struct node *n) { return atomic_load(&n->learner); }
+bool node__is_learner(struct node *n) {
+    return atomic_load(&n->learner);
+}
 
 /* Keeps n->learner in step with Raft's configuration: called once Raft
  * exists and after every update (conf changes apply, snapshots restore). */
@@ -217,8 +231,7 @@ int node__submit(struct node *n, struct store_request *req, enum node_origin ori
      * proposed may still be applied after a restart, and must not answer
      * this run's requests that happen to reuse their ids. */
     uint64_t seq;
-    do
-        seq = ++n->next_id & REQUEST_SEQ_MASK;
+    do seq = ++n->next_id & REQUEST_SEQ_MASK;
     while (seq == 0);
     p->id = (n->id << 40) ^ seq;
     n->n_outstanding++;
@@ -314,7 +327,7 @@ static uint64_t get_le(const unsigned char *p, int bytes) {
 }
 
 /* Bytes members_encode may need at most. */
-#define MEMBERS_BLOB_MAX \
+#define MEMBERS_BLOB_MAX                                                                           \
     (4 + 8 + 4 + SERVER_MEMBERS_MAX * (8 + 6 + SERVER_NAME_MAX + 2 * SERVER_URL_MAX))
 
 static size_t members_encode(const struct node *n, unsigned char *buf) {
@@ -479,8 +492,7 @@ static int members_load(struct node *n) {
     n->cluster_id = h ? h : 1;
     published_refresh(n);
     /* A joiner has nothing to store yet: the snapshot brings it. */
-    if (!legacy && (cfg->initial_cluster_existing || store_applied_index(n->store) == 0))
-        return 0;
+    if (!legacy && (cfg->initial_cluster_existing || store_applied_index(n->store) == 0)) return 0;
     static unsigned char buf[MEMBERS_BLOB_MAX];
     size_t len = members_encode(n, buf);
     rc = store_cluster_put(n->store, buf, len);
@@ -621,8 +633,9 @@ static void maybe_publish(struct node *n) {
     propose_member_update(n, &m); /* retried on later ticks until applied */
 }
 
-
-const struct server_config *node__config(struct node *n) { return n->cfg; }
+const struct server_config *node__config(struct node *n) {
+    return n->cfg;
+}
 
 void node__set_restore_hook(struct node *n, node_restore_hook restore, void *ctx) {
     n->restore_hook = restore;
@@ -711,8 +724,9 @@ int node__member_change(struct node *n, int type, struct node_member *m, node_ba
         size_t ctx_len = 0;
         rc = member_encode(cur && type != RAFT_CC_REMOVE ? cur : m, ctx, sizeof ctx, &ctx_len);
         if (rc == 0) {
-            struct raft_conf_change cc = {
-                .type = (uint8_t)type, .node_id = m->id, .context = {ctx, ctx_len}};
+            struct raft_conf_change cc = {.type = (uint8_t)type,
+                                          .node_id = m->id,
+                                          .context = {ctx, ctx_len}};
             rc = raft_propose_conf_change(n->raft, &cc);
             if (rc == RAFT_ECONFPENDING)
                 rc = -EBUSY;
@@ -784,7 +798,8 @@ static void barriers_read_states(struct node *n, const struct raft_update *u) {
         const struct raft_read_state *rs = &u->read_states[i];
         if (rs->context.len != 8) continue;
         uint64_t id = 0;
-        for (int k = 0; k < 8; k++) id |= (uint64_t)((const unsigned char *)rs->context.base)[k] << (8 * k);
+        for (int k = 0; k < 8; k++)
+            id |= (uint64_t)((const unsigned char *)rs->context.base)[k] << (8 * k);
         for (struct barrier *b = n->barriers; b; b = b->next)
             if (b->id == id) b->index = rs->index ? rs->index : 1;
     }
@@ -908,7 +923,6 @@ static void maybe_compact(struct node *n) {
     n->last_compact_index = applied;
 }
 
-
 void node__snapshot_report(struct node *n, uint64_t to, bool ok) {
     NODE_ASSERT_LOOP(n);
     NODE_ASSERT(to != RAFT_NONE);
@@ -946,8 +960,8 @@ void node__recv_message(struct node *n, uint64_t from_id, const void *buf, size_
         return;
     }
     if (m.from != from_id) {
-        logf_("dropping a message from %016" PRIx64 " that claims to be from %016" PRIx64,
-              from_id, m.from);
+        logf_("dropping a message from %016" PRIx64 " that claims to be from %016" PRIx64, from_id,
+              m.from);
     } else {
         if (m.type == RAFT_MSG_APP || m.type == RAFT_MSG_HEARTBEAT) n->ever_joined = true;
         raft_step(n->raft, &m);
@@ -955,7 +969,6 @@ void node__recv_message(struct node *n, uint64_t from_id, const void *buf, size_
     }
     raft_msg_release(&m);
 }
-
 
 void node__snapshot_received(struct node *n, uint64_t from_id, const struct raft_msg *m) {
     NODE_ASSERT_LOOP(n);
@@ -1087,7 +1100,6 @@ void node__process(struct node *n) {
     if (n->fatal) node_stop(n);
 }
 
-
 /* A read barrier asked from another thread, waiting for the loop. */
 struct barrier_req {
     struct barrier_req *next;
@@ -1142,7 +1154,6 @@ void node__drain(struct node *n) {
     }
 }
 
-
 void node__tick(struct node *n) {
     NODE_ASSERT_LOOP(n);
     NODE_ASSERT(n->raft != NULL);
@@ -1171,7 +1182,6 @@ void node__tick(struct node *n) {
     n->dirty = true;
 }
 
-
 void node__core_cancel(struct node *n) {
     NODE_ASSERT_LOOP(n);
     pthread_mutex_lock(&n->mu);
@@ -1195,7 +1205,6 @@ void node__core_cancel(struct node *n) {
     NODE_ASSERT(n->conf_waiter == NULL);
     NODE_ASSERT(n->move_waiter == NULL);
 }
-
 
 static struct raft_storage *cur_storage(void *data) {
     struct node *n = data;
@@ -1272,7 +1281,6 @@ static int start_raft(struct node *n, uint64_t seed, const struct node_tuning *t
     if (st.conf.n_voters == 1 && st.conf.voters[0] == n->id) raft_campaign(n->raft);
     return 0;
 }
-
 
 /* A new member of a new cluster records the initial configuration. */
 static int bootstrap(struct node *n) {

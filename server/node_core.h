@@ -90,10 +90,10 @@ struct node_tuning {
     unsigned max_inflight_msgs;
     uint64_t max_committed_size_per_update;
 };
-#define NODE_TUNING_DEFAULT                                                      \
-    {                                                                            \
-        .max_size_per_msg = 1024 * 1024, .max_inflight_msgs = 256,               \
-        .max_committed_size_per_update = 64 * 1024 * 1024,                       \
+#define NODE_TUNING_DEFAULT                                                                        \
+    {                                                                                              \
+        .max_size_per_msg = 1024 * 1024, .max_inflight_msgs = 256,                                 \
+        .max_committed_size_per_update = 64 * 1024 * 1024,                                         \
     }
 
 struct proposal;

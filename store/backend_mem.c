@@ -313,8 +313,8 @@ static void mem_close(struct store__backend *b) {
     free(mb);
 }
 
-static int mem_get(struct store__backend *b, const struct store__snap *snap, int cf,
-                   const void *k, size_t klen, struct store__buf *val) {
+static int mem_get(struct store__backend *b, const struct store__snap *snap, int cf, const void *k,
+                   size_t klen, struct store__buf *val) {
     struct store_memdb *m = ((struct memb *)b)->m;
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
     pthread_mutex_lock(&m->mu);
@@ -481,8 +481,8 @@ static int batch_add(struct store__batch *w, int type, int cf, const void *k, si
     return 0;
 }
 
-static int mem_batch_put(struct store__batch *w, int cf, const void *k, size_t klen,
-                         const void *v, size_t vlen) {
+static int mem_batch_put(struct store__batch *w, int cf, const void *k, size_t klen, const void *v,
+                         size_t vlen) {
     return batch_add(w, OP_PUT, cf, k, klen, v, vlen);
 }
 

@@ -80,8 +80,8 @@ static int rocks_get(struct store__backend *b, const struct store__snap *snap, i
     struct rocks *r = (struct rocks *)b;
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
     char *err = NULL;
-    rocksdb_pinnableslice_t *ps = rocksdb_get_pinned_cf(r->db, snap ? snap->ro : r->ro,
-                                                        r->cf[cf], k, klen, &err);
+    rocksdb_pinnableslice_t *ps =
+        rocksdb_get_pinned_cf(r->db, snap ? snap->ro : r->ro, r->cf[cf], k, klen, &err);
     if (err != NULL) return rocks_err(err);
     if (ps == NULL) return 1;
     size_t vlen = 0;
@@ -180,8 +180,8 @@ static int rocks_batch_delete(struct store__batch *w, int cf, const void *k, siz
     return 0;
 }
 
-static int rocks_batch_delete_range(struct store__batch *w, int cf, const void *bk,
-                                    size_t blen, const void *ek, size_t elen) {
+static int rocks_batch_delete_range(struct store__batch *w, int cf, const void *bk, size_t blen,
+                                    const void *ek, size_t elen) {
     STORE_ASSERT(cf >= 0 && cf < STORE__CF_COUNT);
     rocksdb_writebatch_delete_range_cf(w->wb, w->r->cf[cf], bk, blen, ek, elen);
     return 0;
@@ -273,8 +273,8 @@ int store__backend_rocksdb_open(const char *dir, struct store__backend **out, ch
     rocksdb_options_set_wal_recovery_mode(r->opts, rocksdb_point_in_time_recovery);
     rocksdb_options_set_keep_log_file_num(r->opts, ROCKS_INFO_LOGS_KEPT);
     r->table = rocksdb_block_based_options_create();
-    rocksdb_block_based_options_set_filter_policy(
-        r->table, rocksdb_filterpolicy_create_bloom(ROCKS_BLOOM_BITS_PER_KEY));
+    rocksdb_block_based_options_set_filter_policy(r->table, rocksdb_filterpolicy_create_bloom(
+                                                                ROCKS_BLOOM_BITS_PER_KEY));
     rocksdb_options_set_block_based_table_factory(r->opts, r->table);
     r->ro = rocksdb_readoptions_create();
     r->wo_sync = rocksdb_writeoptions_create();

@@ -55,12 +55,12 @@ struct store_cache {
 
 struct store_cache_reload {
     struct store_cache *c;
-    int64_t rev;                   /* the revision the commit sets */
-    uint32_t slot;                 /* the staging (inactive) slot */
-    struct store__batch *commit;   /* meta blobs for the commit's batch */
-    struct store__buf last;        /* last key staged (without slot byte) */
-    bool any;                      /* a key was staged: `last` is valid */
-    struct store__buf kb, vb;      /* scratch */
+    int64_t rev;                 /* the revision the commit sets */
+    uint32_t slot;               /* the staging (inactive) slot */
+    struct store__batch *commit; /* meta blobs for the commit's batch */
+    struct store__buf last;      /* last key staged (without slot byte) */
+    bool any;                    /* a key was staged: `last` is valid */
+    struct store__buf kb, vb;    /* scratch */
 };
 
 /* ---------------------------------------------------------------- records */
@@ -167,8 +167,8 @@ static int kv_from(const void *key, size_t klen, const void *val, size_t vlen,
 /* ---------------------------------------------------------------- commit */
 
 /* Adds the cache record for st to w, commits w and publishes st. */
-static int commit_state(struct store_cache *c, struct store__batch *w,
-                        const struct cache_state *st, bool sync) {
+static int commit_state(struct store_cache *c, struct store__batch *w, const struct cache_state *st,
+                        bool sync) {
     STORE_ASSERT(c != NULL && w != NULL);
     STORE_ASSERT(st->slot < CACHE_SLOTS);
     uint8_t buf[CACHE_STATE_BYTES];
@@ -228,8 +228,8 @@ static int init_new(struct store_cache *c) {
     return rc;
 }
 
-int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cache **out,
-                     char *err, size_t errlen) {
+int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cache **out, char *err,
+                     size_t errlen) {
     STORE_ASSERT(out != NULL);
     STORE_ASSERT(mem != NULL || dir != NULL);
     if (err != NULL && errlen > 0) err[0] = '\0';
@@ -249,8 +249,7 @@ int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cach
         set_err(err, errlen, "store_cache_open: backend", rc);
         goto err_mutex;
     }
-    rc = c->be->ops->get(c->be, NULL, STORE__CF_DEFAULT, STATE_KEY, sizeof(STATE_KEY) - 1,
-                         &c->vb);
+    rc = c->be->ops->get(c->be, NULL, STORE__CF_DEFAULT, STATE_KEY, sizeof(STATE_KEY) - 1, &c->vb);
     if (rc == 0) {
         rc = state_decode(c->vb.p, c->vb.len, &c->st);
         if (rc != 0) {
@@ -261,8 +260,7 @@ int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cach
     } else if (rc == 1) {
         rc = init_new(c);
         if (rc == STORE_ECORRUPT) {
-            set_err(err, errlen, "store_cache_open: data without a cache record (not a cache)",
-                    rc);
+            set_err(err, errlen, "store_cache_open: data without a cache record (not a cache)", rc);
             goto err_backend;
         }
         if (rc != 0) {
@@ -400,8 +398,8 @@ out:
     return rc;
 }
 
-int store_cache_range(struct store_cache *c, const void *start, size_t start_len,
-                      const void *end, size_t end_len, size_t limit, bool keys_only,
+int store_cache_range(struct store_cache *c, const void *start, size_t start_len, const void *end,
+                      size_t end_len, size_t limit, bool keys_only,
                       struct store_range_result *out) {
     STORE_ASSERT(c != NULL && out != NULL);
     STORE_ASSERT(start != NULL || start_len == 0);
@@ -488,8 +486,7 @@ static int batch_meta(struct store_cache *c, struct store__batch *w, struct stor
     return c->be->ops->batch_put(w, STORE__CF_DEFAULT, kb->p, kb->len, blob ? blob : "", len);
 }
 
-int store_cache_meta_put(struct store_cache *c, const char *name, const void *blob,
-                         size_t len) {
+int store_cache_meta_put(struct store_cache *c, const char *name, const void *blob, size_t len) {
     STORE_ASSERT(c != NULL);
     STORE_ASSERT(name != NULL);
     const struct store__backend_ops *ops = c->be->ops;
@@ -565,8 +562,7 @@ int store_cache_reload_begin(struct store_cache *c, int64_t revision,
     return 0;
 }
 
-int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv *kvs,
-                            size_t n) {
+int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv *kvs, size_t n) {
     STORE_ASSERT(r != NULL && r->c->reload == r);
     STORE_ASSERT(kvs != NULL || n == 0);
     struct store_cache *c = r->c;
@@ -576,11 +572,10 @@ int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv 
         rc = check_kv(&kvs[i], r->rev);
         if (rc != 0) break;
         const struct store_bytes *prev = i > 0 ? &kvs[i - 1].key : NULL;
-        int cmp = prev != NULL ? store__bytes_cmp(prev->base, prev->len, kvs[i].key.base,
-                                                  kvs[i].key.len)
-                  : r->any     ? store__bytes_cmp(r->last.p, r->last.len, kvs[i].key.base,
-                                                  kvs[i].key.len)
-                               : -1;
+        int cmp =
+            prev != NULL ? store__bytes_cmp(prev->base, prev->len, kvs[i].key.base, kvs[i].key.len)
+            : r->any     ? store__bytes_cmp(r->last.p, r->last.len, kvs[i].key.base, kvs[i].key.len)
+                         : -1;
         if (cmp >= 0) rc = STORE_EINVAL;
     }
     if (rc != 0 || n == 0) return rc;
@@ -594,8 +589,7 @@ int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv 
     for (size_t i = 0; i < n && rc == 0; i++) {
         rc = slot_key(&r->kb, r->slot, kvs[i].key.base, kvs[i].key.len);
         if (rc == 0) rc = rec_encode(&kvs[i], &r->vb);
-        if (rc == 0)
-            rc = ops->batch_put(w, STORE__CF_KV, r->kb.p, r->kb.len, r->vb.p, r->vb.len);
+        if (rc == 0) rc = ops->batch_put(w, STORE__CF_KV, r->kb.p, r->kb.len, r->vb.p, r->vb.len);
     }
     if (rc == 0) rc = ops->batch_commit(c->be, w, false);
     ops->batch_free(w);
@@ -608,8 +602,8 @@ int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv 
     return 0;
 }
 
-int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name,
-                                const void *blob, size_t len) {
+int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name, const void *blob,
+                                size_t len) {
     STORE_ASSERT(r != NULL && r->c->reload == r);
     STORE_ASSERT(name != NULL);
     return batch_meta(r->c, r->commit, &r->kb, name, blob, len);

@@ -64,8 +64,8 @@ static size_t op_size(const struct store_op *op) {
     case STORE_OP_PUT:
         return 1 + bytes_size(op->u.put.key) + bytes_size(op->u.put.value) + 8 + 1 + 12 + 8;
     case STORE_OP_DELETE_RANGE:
-        return 1 + bytes_size(op->u.delete_range.key) +
-               bytes_size(op->u.delete_range.range_end) + 1;
+        return 1 + bytes_size(op->u.delete_range.key) + bytes_size(op->u.delete_range.range_end) +
+               1;
     case STORE_OP_TXN:
         return 1 + txn_size(&op->u.txn);
     default:
@@ -424,8 +424,7 @@ static int r_txn(struct reader *r, struct store_txn *t, unsigned depth) {
         c->number = (int64_t)r_u64(r);
         c->value = r_bytes(r);
         if (r->bad) return STORE_EMALFORMED;
-        if (c->target > STORE_CMP_LEASE || c->result > STORE_CMP_NOT_EQUAL)
-            return STORE_EMALFORMED;
+        if (c->target > STORE_CMP_LEASE || c->result > STORE_CMP_NOT_EQUAL) return STORE_EMALFORMED;
     }
     int rc = r_ops(r, &t->success, &t->n_success, depth);
     if (rc != 0) return rc;

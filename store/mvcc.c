@@ -56,8 +56,8 @@ static bool end_is_infinite(const void *end, size_t elen) {
 }
 
 /* True if k is past the range [key, end) in key order (the scan can stop). */
-static bool past_range(const void *k, size_t klen, const void *key, size_t key_len,
-                       const void *end, size_t elen) {
+static bool past_range(const void *k, size_t klen, const void *key, size_t key_len, const void *end,
+                       size_t elen) {
     if (elen == 0) return store__bytes_cmp(k, klen, key, key_len) > 0;
     if (end_is_infinite(end, elen)) return false;
     return store__bytes_cmp(k, klen, end, elen) >= 0;
@@ -94,8 +94,7 @@ static size_t ov_lower(const struct overlay *ov, const void *k, size_t klen) {
 static const struct ov_ent *ov_find(const struct overlay *ov, const void *k, size_t klen) {
     if (ov == NULL) return NULL;
     size_t i = ov_lower(ov, k, klen);
-    if (i < ov->n && store__bytes_cmp(ov->e[i].key, ov->e[i].klen, k, klen) == 0)
-        return &ov->e[i];
+    if (i < ov->n && store__bytes_cmp(ov->e[i].key, ov->e[i].klen, k, klen) == 0) return &ov->e[i];
     return NULL;
 }
 
@@ -199,8 +198,8 @@ static int scan_latest(struct store *s, const struct store__snap *snap, const st
         }
         bool ovalid = oi < on && !past_range(ov->e[oi].key, ov->e[oi].klen, key, klen, end, elen);
         if (!dvalid && !ovalid) break;
-        int c = !dvalid ? 1 : (!ovalid ? -1 : store__bytes_cmp(dk, dkl, ov->e[oi].key,
-                                                               ov->e[oi].klen));
+        int c = !dvalid ? 1
+                        : (!ovalid ? -1 : store__bytes_cmp(dk, dkl, ov->e[oi].key, ov->e[oi].klen));
         if (c < 0) {
             size_t vl;
             const void *vp = ops->iter_value(it, &vl);
@@ -226,9 +225,8 @@ static int scan_latest(struct store *s, const struct store__snap *snap, const st
 
 /* Versions at revision rev of the keys in [key, end), from hist: one or two
  * seeks per key. */
-static int scan_hist(struct store *s, const struct store__snap *snap, int64_t rev,
-                     const void *key, size_t klen, const void *end, size_t elen, scan_cb cb,
-                     void *ctx) {
+static int scan_hist(struct store *s, const struct store__snap *snap, int64_t rev, const void *key,
+                     size_t klen, const void *end, size_t elen, scan_cb cb, void *ctx) {
     const struct store__backend_ops *ops = s->be->ops;
     struct store__buf seek = {0}, user = {0}, esc = {0};
     struct store__iter *it = NULL;
@@ -362,8 +360,7 @@ static int range_cb(void *vctx, const void *key, size_t klen, const struct store
         if (rc == 0) rc = kvvec_push(&c->kvs, &kv);
         if (rc != 0) return rc;
     }
-    if (c->req->skip_count && c->fetch_limit > 0 && (int64_t)c->kvs.n >= c->fetch_limit)
-        return 1;
+    if (c->req->skip_count && c->fetch_limit > 0 && (int64_t)c->kvs.n >= c->fetch_limit) return 1;
     return 0;
 }
 
@@ -420,8 +417,8 @@ static bool kv_filtered_out(const struct store_range_req *q, const struct store_
  * values for keys_only. count is every key in the range at the revision.
  */
 static int range_run(struct store *s, const struct store__snap *snap, const struct overlay *ov,
-                     bool latest, int64_t rev, const struct store_range_req *q,
-                     int64_t header_rev, struct store_mem *mem, struct store_range_result *out) {
+                     bool latest, int64_t rev, const struct store_range_req *q, int64_t header_rev,
+                     struct store_mem *mem, struct store_range_result *out) {
     STORE_ASSERT(q->key.len > 0);
     bool filters = q->min_mod_revision != 0 || q->max_mod_revision != 0 ||
                    q->min_create_revision != 0 || q->max_create_revision != 0;
@@ -429,11 +426,11 @@ static int range_run(struct store *s, const struct store__snap *snap, const stru
     if (q->sort_order == STORE_SORT_NONE && !filters && q->limit > 0) c.fetch_limit = q->limit + 1;
     int rc;
     if (latest)
-        rc = scan_latest(s, snap, ov, q->key.base, q->key.len, q->range_end.base,
-                         q->range_end.len, range_cb, &c);
+        rc = scan_latest(s, snap, ov, q->key.base, q->key.len, q->range_end.base, q->range_end.len,
+                         range_cb, &c);
     else
-        rc = scan_hist(s, snap, rev, q->key.base, q->key.len, q->range_end.base,
-                       q->range_end.len, range_cb, &c);
+        rc = scan_hist(s, snap, rev, q->key.base, q->key.len, q->range_end.base, q->range_end.len,
+                       range_cb, &c);
     if (rc != 0) {
         free(c.kvs.v);
         return rc;
@@ -444,7 +441,8 @@ static int range_run(struct store *s, const struct store__snap *snap, const stru
     c.kvs.n = n;
 
     uint8_t order = q->sort_order;
-    if (q->sort_target != STORE_SORT_KEY && order == STORE_SORT_NONE) order = STORE_SORT_ASCEND;
+    if (q->sort_target != STORE_SORT_KEY && order == STORE_SORT_NONE)
+        order = STORE_SORT_ASCEND;
     else if (q->sort_target == STORE_SORT_KEY && order == STORE_SORT_ASCEND)
         order = STORE_SORT_NONE;
     if (order != STORE_SORT_NONE && c.kvs.n > 1)
@@ -684,8 +682,7 @@ static int do_delete_range(struct apply *a, const struct store_delete_range *d,
     r->type = STORE_OP_DELETE_RANGE;
     r->u.delete_range.deleted = (int64_t)c.kvs.n;
     if (!d->prev_kv) c.kvs.n = 0;
-    return kvvec_finish(&c.kvs, a->mem, &r->u.delete_range.prev_kvs,
-                        &r->u.delete_range.n_prev_kvs);
+    return kvvec_finish(&c.kvs, a->mem, &r->u.delete_range.prev_kvs, &r->u.delete_range.n_prev_kvs);
 }
 
 static int do_range(struct apply *a, const struct store_range_req *q, struct store_op_result *r) {
@@ -1084,10 +1081,9 @@ static int check_request_static(struct store *s, const struct store_request *req
         for (int branch = 0; branch < 2; branch++) {
             struct keyset puts = {0};
             struct ivals dels = {0};
-            rc = branch == 0 ? check_intervals(req->u.txn.success, req->u.txn.n_success, &puts,
-                                               &dels)
-                             : check_intervals(req->u.txn.failure, req->u.txn.n_failure, &puts,
-                                               &dels);
+            rc = branch == 0
+                     ? check_intervals(req->u.txn.success, req->u.txn.n_success, &puts, &dels)
+                     : check_intervals(req->u.txn.failure, req->u.txn.n_failure, &puts, &dels);
             keyset_free(&puts);
             ivals_free(&dels);
             if (rc != 0) return rc;
@@ -1604,8 +1600,8 @@ int store_events(struct store *s, int64_t from_rev, const void *key, size_t key_
         struct store__rec rec;
         bool found;
         if (ev->type == STORE_EVENT_PUT) {
-            rc = hist_version(s, hit, &kb, k, klen, r, store__get_u32be(lk + 8), true, &found,
-                              &rec);
+            rc =
+                hist_version(s, hit, &kb, k, klen, r, store__get_u32be(lk + 8), true, &found, &rec);
             if (rc != 0) break;
             if (!found && r <= v.compact_rev) {
                 /* A put the same revision superseded (a nested txn put the

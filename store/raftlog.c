@@ -97,13 +97,12 @@ static int entry_term(struct store *s, uint64_t i, uint64_t *term) {
     return 0;
 }
 
-int store_raft_save(struct store *s, const struct raft_hard_state *hs,
-                    const struct raft_entry *e, size_t n, bool sync) {
+int store_raft_save(struct store *s, const struct raft_hard_state *hs, const struct raft_entry *e,
+                    size_t n, bool sync) {
     STORE_ASSERT(s != NULL);
     STORE_ASSERT(n == 0 || e != NULL);
     if (n > 0) {
-        if (e[0].index <= s->log_start_index || e[0].index > s->last_index + 1)
-            return STORE_EINVAL;
+        if (e[0].index <= s->log_start_index || e[0].index > s->last_index + 1) return STORE_EINVAL;
         for (size_t i = 1; i < n; i++)
             if (e[i].index != e[i - 1].index + 1) return STORE_EINVAL;
     }
@@ -169,8 +168,7 @@ int store_raft_compact(struct store *s, uint64_t index) {
 
 int store_raft_bootstrap(struct store *s, const struct raft_conf_state *cs) {
     STORE_ASSERT(s != NULL && cs != NULL);
-    if (cs->n_voters > RAFT_MEMBERS_MAX || cs->n_learners > RAFT_MEMBERS_MAX)
-        return STORE_EINVAL;
+    if (cs->n_voters > RAFT_MEMBERS_MAX || cs->n_learners > RAFT_MEMBERS_MAX) return STORE_EINVAL;
     if (s->last_index != 0 || s->log_start_index != 0 || s->hs.term != 0 || s->st.applied != 0 ||
         s->st.conf.n_voters != 0)
         return STORE_EEXIST;
@@ -187,7 +185,8 @@ int store_raft_bootstrap(struct store *s, const struct raft_conf_state *cs) {
     if (rc != 0) return rc;
     uint64_t start[2] = {STORE_BOOTSTRAP_INDEX, STORE_BOOTSTRAP_TERM};
     uint64_t last = STORE_BOOTSTRAP_INDEX;
-    struct raft_hard_state hs = {.term = STORE_BOOTSTRAP_TERM, .vote = 0,
+    struct raft_hard_state hs = {.term = STORE_BOOTSTRAP_TERM,
+                                 .vote = 0,
                                  .commit = STORE_BOOTSTRAP_INDEX};
     rc = put_u64s(s, w, RAFT_KEY_START, start, 2);
     if (rc == 0) rc = put_u64s(s, w, RAFT_KEY_LAST, &last, 1);

@@ -27,8 +27,7 @@ static void set_err(char *err, size_t errlen, const char *what, int rc) {
         snprintf(err, errlen, "%s: %s", what, store_strerror(rc));
 }
 
-int store__batch_put_state(struct store *s, struct store__batch *w,
-                           const struct store__state *st) {
+int store__batch_put_state(struct store *s, struct store__batch *w, const struct store__state *st) {
     uint8_t buf[STORE__STATE_BYTES];
     store__state_encode(st, buf);
     return s->be->ops->batch_put(w, STORE__CF_DEFAULT, STATE_KEY, sizeof(STATE_KEY) - 1, buf,
@@ -60,8 +59,8 @@ int store_open(const struct store_options *opt, struct store **out, char *err, s
     struct store *s = qfs_calloc(1, sizeof(*s));
     if (s == NULL) return STORE_ENOMEM;
     s->quota_bytes = opt->quota_bytes ? opt->quota_bytes : STORE_QUOTA_BYTES_DEFAULT;
-    s->max_request_bytes =
-        opt->max_request_bytes ? opt->max_request_bytes : STORE_REQUEST_BYTES_DEFAULT;
+    s->max_request_bytes = opt->max_request_bytes ? opt->max_request_bytes
+                                                  : STORE_REQUEST_BYTES_DEFAULT;
     if (s->max_request_bytes > STORE_REQUEST_BYTES_MAX)
         s->max_request_bytes = STORE_REQUEST_BYTES_MAX;
     s->max_txn_ops = opt->max_txn_ops ? opt->max_txn_ops : STORE_TXN_OPS_DEFAULT;
@@ -160,8 +159,7 @@ int store_apply(struct store *s, uint64_t raft_index, const void *req, size_t le
     return store__apply_request(s, raft_index, req ? req : "", len, res);
 }
 
-static int apply_meta_only(struct store *s, uint64_t raft_index,
-                           const struct raft_conf_state *cs) {
+static int apply_meta_only(struct store *s, uint64_t raft_index, const struct raft_conf_state *cs) {
     if (raft_index <= s->st.applied) return 0;
     struct store__batch *w = NULL;
     int rc = s->be->ops->batch_new(s->be, &w);
@@ -182,8 +180,7 @@ int store_apply_noop(struct store *s, uint64_t raft_index) {
 int store_apply_conf(struct store *s, uint64_t raft_index, const struct raft_conf_state *cs) {
     STORE_ASSERT(s != NULL);
     STORE_ASSERT(cs != NULL);
-    if (cs->n_voters > RAFT_MEMBERS_MAX || cs->n_learners > RAFT_MEMBERS_MAX)
-        return STORE_EINVAL;
+    if (cs->n_voters > RAFT_MEMBERS_MAX || cs->n_learners > RAFT_MEMBERS_MAX) return STORE_EINVAL;
     return apply_meta_only(s, raft_index, cs);
 }
 
@@ -231,8 +228,8 @@ int store_cluster_get(struct store *s, void **blob, size_t *len) {
     *blob = NULL;
     *len = 0;
     struct store__buf v = {0};
-    int rc = s->be->ops->get(s->be, NULL, STORE__CF_DEFAULT, CLUSTER_KEY,
-                             sizeof(CLUSTER_KEY) - 1, &v);
+    int rc =
+        s->be->ops->get(s->be, NULL, STORE__CF_DEFAULT, CLUSTER_KEY, sizeof(CLUSTER_KEY) - 1, &v);
     if (rc == 1) {
         store__buf_free(&v);
         return 0;

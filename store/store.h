@@ -52,29 +52,29 @@ extern "C" {
 /* Error codes, in the range reserved for store/ (-2000..-2099). The texts of
  * the etcd-equivalent conditions are etcd's own, so that the gRPC layer can
  * pass them through. */
-#define STORE_ERRORS(X)                                                                \
-    X(STORE_ENOMEM, -2001, "out of memory")                                            \
-    X(STORE_ECOMPACTED, -2002, "mvcc: required revision has been compacted")           \
-    X(STORE_EFUTUREREV, -2003, "mvcc: required revision is a future revision")         \
-    X(STORE_ENOSPACE, -2004, "mvcc: database space exceeded")                          \
-    X(STORE_ETOOLARGE, -2005, "etcdserver: request is too large")                      \
-    X(STORE_EKEYEMPTY, -2006, "etcdserver: key is not provided")                       \
-    X(STORE_ELEASENOTFOUND, -2007, "lease not found")                                  \
-    X(STORE_ETOOMANYOPS, -2008, "etcdserver: too many operations in txn request")      \
-    X(STORE_EMALFORMED, -2009, "malformed request")                                    \
-    X(STORE_EVERSION, -2010, "unsupported request encoding version")                   \
-    X(STORE_ECORRUPT, -2011, "corrupted data in the store")                            \
-    X(STORE_EIO, -2012, "storage I/O error")                                           \
-    X(STORE_EINVAL, -2013, "invalid argument")                                         \
-    X(STORE_EKEYTOOLARGE, -2014, "key is too large")                                   \
-    X(STORE_ELEASEEXISTS, -2015, "lease already exists")                               \
-    X(STORE_ELEASETTLTOOLARGE, -2016, "lease TTL is too large")                        \
-    X(STORE_EDUPLICATEKEY, -2017, "etcdserver: duplicate key given in txn request")    \
-    X(STORE_EKEYNOTFOUND, -2018, "etcdserver: key not found")                          \
-    X(STORE_EVALUEPROVIDED, -2019, "etcdserver: value is provided")                    \
-    X(STORE_ELEASEPROVIDED, -2020, "etcdserver: lease is provided")                    \
-    X(STORE_ENOTSUP, -2021, "operation not supported by this backend")                 \
-    X(STORE_EEXIST, -2022, "target already exists")                                    \
+#define STORE_ERRORS(X)                                                                            \
+    X(STORE_ENOMEM, -2001, "out of memory")                                                        \
+    X(STORE_ECOMPACTED, -2002, "mvcc: required revision has been compacted")                       \
+    X(STORE_EFUTUREREV, -2003, "mvcc: required revision is a future revision")                     \
+    X(STORE_ENOSPACE, -2004, "mvcc: database space exceeded")                                      \
+    X(STORE_ETOOLARGE, -2005, "etcdserver: request is too large")                                  \
+    X(STORE_EKEYEMPTY, -2006, "etcdserver: key is not provided")                                   \
+    X(STORE_ELEASENOTFOUND, -2007, "lease not found")                                              \
+    X(STORE_ETOOMANYOPS, -2008, "etcdserver: too many operations in txn request")                  \
+    X(STORE_EMALFORMED, -2009, "malformed request")                                                \
+    X(STORE_EVERSION, -2010, "unsupported request encoding version")                               \
+    X(STORE_ECORRUPT, -2011, "corrupted data in the store")                                        \
+    X(STORE_EIO, -2012, "storage I/O error")                                                       \
+    X(STORE_EINVAL, -2013, "invalid argument")                                                     \
+    X(STORE_EKEYTOOLARGE, -2014, "key is too large")                                               \
+    X(STORE_ELEASEEXISTS, -2015, "lease already exists")                                           \
+    X(STORE_ELEASETTLTOOLARGE, -2016, "lease TTL is too large")                                    \
+    X(STORE_EDUPLICATEKEY, -2017, "etcdserver: duplicate key given in txn request")                \
+    X(STORE_EKEYNOTFOUND, -2018, "etcdserver: key not found")                                      \
+    X(STORE_EVALUEPROVIDED, -2019, "etcdserver: value is provided")                                \
+    X(STORE_ELEASEPROVIDED, -2020, "etcdserver: lease is provided")                                \
+    X(STORE_ENOTSUP, -2021, "operation not supported by this backend")                             \
+    X(STORE_EEXIST, -2022, "target already exists")                                                \
     X(STORE_EFAULT, -2023, "injected fault")
 
 enum store_error {
@@ -242,8 +242,8 @@ enum store_sort_target {
 struct store_range_req {
     struct store_bytes key;
     struct store_bytes range_end;
-    int64_t limit;    /* 0 = no limit; `more` says whether keys were left out */
-    int64_t revision; /* 0 = current */
+    int64_t limit;       /* 0 = no limit; `more` says whether keys were left out */
+    int64_t revision;    /* 0 = current */
     uint8_t sort_order;  /* enum store_sort_order */
     uint8_t sort_target; /* enum store_sort_target; ties keep key order */
     bool keys_only;      /* values come back empty */
@@ -360,8 +360,8 @@ struct store_range_result {
     /* The store's revision when the read ran (etcd's header revision), also
      * for a read at an older revision; inside a txn, the txn's revision. */
     int64_t revision;
-    int64_t count;    /* keys in the range at that revision (-1 with skip_count) */
-    bool more;        /* keys were left out because of the limit */
+    int64_t count; /* keys in the range at that revision (-1 with skip_count) */
+    bool more;     /* keys were left out because of the limit */
     size_t n_kvs;
     struct store_kv *kvs;
     struct store_mem *mem_; /* owns kvs and their bytes */
@@ -401,8 +401,8 @@ struct store_result {
     /* 0, or why the request was rejected (then nothing changed, but the entry
      * is applied: the applied index moved). */
     int err;
-    int64_t revision; /* store revision after the apply (etcd's header revision) */
-    struct store_txn_result txn;  /* STORE_REQ_TXN */
+    int64_t revision;            /* store revision after the apply (etcd's header revision) */
+    struct store_txn_result txn; /* STORE_REQ_TXN */
     /* The lease a LEASE_GRANT, LEASE_REVOKE or LEASE_CHECKPOINT applied to
      * and its granted TTL (seconds); for a checkpoint also the remaining
      * TTL it recorded. All 0 when the request failed, and for a checkpoint
@@ -473,8 +473,7 @@ int store_cluster_get(struct store *s, void **blob, size_t *len);
  * STORE_EKEYEMPTY, STORE_ECOMPACTED, STORE_EFUTUREREV, STORE_EIO, ENOMEM.
  * *out is filled on success; release with store_range_result_release.
  */
-int store_range(struct store *s, const struct store_range_req *req,
-                struct store_range_result *out);
+int store_range(struct store *s, const struct store_range_req *req, struct store_range_result *out);
 /* One key at revision rev (0 = current): out->n_kvs is 0 or 1. */
 int store_get(struct store *s, const void *key, size_t key_len, int64_t rev,
               struct store_range_result *out);
@@ -501,8 +500,8 @@ struct store_event_batch {
  * Release with store_event_batch_release.
  */
 int store_events(struct store *s, int64_t from_rev, const void *key, size_t key_len,
-                 const void *range_end, size_t range_end_len, size_t max_events,
-                 bool prev_kv, struct store_event_batch *out);
+                 const void *range_end, size_t range_end_len, size_t max_events, bool prev_kv,
+                 struct store_event_batch *out);
 void store_event_batch_release(struct store_event_batch *b);
 
 /* Published values; any thread. */
@@ -569,8 +568,8 @@ struct raft_storage *store_raft_storage(struct store *s);
  * Synced if `sync` (use the update's must_sync). e[0].index must be in
  * [first_index, last_index + 1]; indexes must be consecutive.
  */
-int store_raft_save(struct store *s, const struct raft_hard_state *hs,
-                     const struct raft_entry *e, size_t n, bool sync);
+int store_raft_save(struct store *s, const struct raft_hard_state *hs, const struct raft_entry *e,
+                    size_t n, bool sync);
 /* Discards entries up to and including index, which must be <= the applied
  * index; first_index becomes index + 1. Synced. */
 int store_raft_compact(struct store *s, uint64_t index);
@@ -674,8 +673,8 @@ struct store_cache_reload;
  * whose kv column family holds data but no cache record (not a cache) is
  * refused with STORE_ECORRUPT. Start-up reads two records.
  */
-int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cache **out,
-                     char *err, size_t errlen);
+int store_cache_open(const char *dir, struct store_memdb *mem, struct store_cache **out, char *err,
+                     size_t errlen);
 /* Closes and frees c (NULL is fine). Writer thread; no reader may still be
  * inside c and no reload may be open. */
 void store_cache_close(struct store_cache *c);
@@ -704,9 +703,8 @@ int store_cache_get(struct store_cache *c, const void *key, size_t klen,
  * revision the read saw. Any thread; release with
  * store_range_result_release.
  */
-int store_cache_range(struct store_cache *c, const void *start, size_t start_len,
-                      const void *end, size_t end_len, size_t limit, bool keys_only,
-                      struct store_range_result *out);
+int store_cache_range(struct store_cache *c, const void *start, size_t start_len, const void *end,
+                      size_t end_len, size_t limit, bool keys_only, struct store_range_result *out);
 
 /* Meta blob `name` (NUL-terminated, 1..STORE_CACHE_META_NAME_MAX bytes):
  * *blob malloc'ed (the caller frees it; non-NULL also for an empty blob),
@@ -778,8 +776,8 @@ int store_cache_reload_begin(struct store_cache *c, int64_t revision,
 /* kvs[0..n) borrowed for the call; each checked as a PUT change of an
  * apply at the reload's revision. n may be 0. */
 int store_cache_reload_page(struct store_cache_reload *r, const struct store_kv *kvs, size_t n);
-int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name,
-                                const void *blob, size_t len);
+int store_cache_reload_meta_put(struct store_cache_reload *r, const char *name, const void *blob,
+                                size_t len);
 
 enum store_cache_diff {
     STORE_CACHE_CREATED = 1,

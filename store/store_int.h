@@ -28,13 +28,12 @@
 #include "store/store.h"
 
 /* Assertions stay on in release builds. */
-#define STORE_ASSERT(cond)                                                              \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "store: assertion failed: %s (%s:%d)\n", #cond, __FILE__,  \
-                    __LINE__);                                                         \
-            abort();                                                                   \
-        }                                                                              \
+#define STORE_ASSERT(cond)                                                                         \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "store: assertion failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__);   \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* ---------------------------------------------------------------- arena */
@@ -186,13 +185,12 @@ int store__esc_append(struct store__buf *b, const void *key, size_t len);
  * to (K, rev, STORE__SUB_NEWEST) lands on K's newest entry at or below rev. */
 #define STORE__SUB_NEWEST UINT32_MAX
 /* Builds esc(key) || ~rev || ~sub into b (replacing its contents). */
-int store__hist_key(struct store__buf *b, const void *key, size_t len, int64_t rev,
-                    uint32_t sub);
+int store__hist_key(struct store__buf *b, const void *key, size_t len, int64_t rev, uint32_t sub);
 /* Splits a hist key into the escaped part (length *esc_len), the user key
  * (unescaped into *user, replacing its contents), the revision and the sub
  * number (sub may be NULL). */
-int store__hist_key_parse(const void *k, size_t klen, struct store__buf *user,
-                          size_t *esc_len, int64_t *rev, uint32_t *sub);
+int store__hist_key_parse(const void *k, size_t klen, struct store__buf *user, size_t *esc_len,
+                          int64_t *rev, uint32_t *sub);
 
 /* ---------------------------------------------------------------- store */
 
@@ -220,8 +218,7 @@ struct store {
 int store__commit_state(struct store *s, struct store__batch *w, const struct store__state *st,
                         bool sync);
 /* Adds the state record for st to w. */
-int store__batch_put_state(struct store *s, struct store__batch *w,
-                           const struct store__state *st);
+int store__batch_put_state(struct store *s, struct store__batch *w, const struct store__state *st);
 
 /* A consistent read view: a snapshot with the revision it holds. */
 struct store__view {
@@ -245,8 +242,8 @@ int store__range_view(struct store *s, const struct store__view *v,
 
 /* codec.c: key range helpers. */
 /* True if key k is inside etcd range [key, range_end). */
-bool store__in_range(const void *k, size_t klen, const void *key, size_t key_len,
-                     const void *end, size_t end_len);
+bool store__in_range(const void *k, size_t klen, const void *key, size_t key_len, const void *end,
+                     size_t end_len);
 int store__bytes_cmp(const void *a, size_t alen, const void *b, size_t blen);
 
 #endif /* QUORUMFS_STORE_INT_H */

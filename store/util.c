@@ -18,8 +18,8 @@ const char *store_strerror(int rc) {
     switch (rc) {
     case 0:
         return "success";
-#define STORE__ERR_CASE(name, value, text)                                             \
-    case value:                                                                        \
+#define STORE__ERR_CASE(name, value, text)                                                         \
+    case value:                                                                                    \
         return text;
         STORE_ERRORS(STORE__ERR_CASE)
         /* raft's texts, spelled out here so that store_strerror does not
@@ -213,8 +213,7 @@ void store__state_encode(const struct store__state *st, uint8_t out[STORE__STATE
     store__put_u32le(p, st->conf.n_learners);
     p += 4;
     for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8) store__put_u64le(p, st->conf.voters[i]);
-    for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8)
-        store__put_u64le(p, st->conf.learners[i]);
+    for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8) store__put_u64le(p, st->conf.learners[i]);
     STORE_ASSERT(p == out + STORE__STATE_BYTES);
 }
 
@@ -242,8 +241,7 @@ int store__state_decode(const void *data, size_t len, struct store__state *st) {
     if (st->conf.n_voters > RAFT_MEMBERS_MAX || st->conf.n_learners > RAFT_MEMBERS_MAX)
         return STORE_ECORRUPT;
     for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8) st->conf.voters[i] = store__get_u64le(p);
-    for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8)
-        st->conf.learners[i] = store__get_u64le(p);
+    for (int i = 0; i < RAFT_MEMBERS_MAX; i++, p += 8) st->conf.learners[i] = store__get_u64le(p);
     if (st->rev < 1 || st->compact_rev < 0 || st->compact_rev > st->rev) return STORE_ECORRUPT;
     return 0;
 }
@@ -318,8 +316,7 @@ int store__esc_append(struct store__buf *b, const void *key, size_t len) {
     return 0;
 }
 
-int store__hist_key(struct store__buf *b, const void *key, size_t len, int64_t rev,
-                    uint32_t sub) {
+int store__hist_key(struct store__buf *b, const void *key, size_t len, int64_t rev, uint32_t sub) {
     b->len = 0;
     int rc = store__esc_append(b, key, len);
     if (rc == 0) rc = store__buf_reserve(b, STORE__HIST_SUFFIX);
@@ -330,8 +327,8 @@ int store__hist_key(struct store__buf *b, const void *key, size_t len, int64_t r
     return 0;
 }
 
-int store__hist_key_parse(const void *kp, size_t klen, struct store__buf *user,
-                          size_t *esc_len, int64_t *rev, uint32_t *sub) {
+int store__hist_key_parse(const void *kp, size_t klen, struct store__buf *user, size_t *esc_len,
+                          int64_t *rev, uint32_t *sub) {
     const uint8_t *k = kp;
     user->len = 0;
     if (klen < 2 + STORE__HIST_SUFFIX) return STORE_ECORRUPT;
@@ -371,8 +368,8 @@ int store__bytes_cmp(const void *a, size_t alen, const void *b, size_t blen) {
     return alen < blen ? -1 : (alen > blen ? 1 : 0);
 }
 
-bool store__in_range(const void *k, size_t klen, const void *key, size_t key_len,
-                     const void *end, size_t end_len) {
+bool store__in_range(const void *k, size_t klen, const void *key, size_t key_len, const void *end,
+                     size_t end_len) {
     if (end_len == 0) return store__bytes_cmp(k, klen, key, key_len) == 0;
     if (store__bytes_cmp(k, klen, key, key_len) < 0) return false;
     if (end_len == 1 && ((const uint8_t *)end)[0] == 0) return true;

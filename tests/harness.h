@@ -42,34 +42,33 @@ static inline void harness_register(const char *name, void (*fn)(void)) {
     harness_n_tests++;
 }
 
-#define TEST(name)                                                                  \
-    static void test_##name(void);                                                  \
-    __attribute__((constructor)) static void harness_reg_##name(void) {             \
-        harness_register(#name, test_##name);                                       \
-    }                                                                               \
+#define TEST(name)                                                                                 \
+    static void test_##name(void);                                                                 \
+    __attribute__((constructor)) static void harness_reg_##name(void) {                            \
+        harness_register(#name, test_##name);                                                      \
+    }                                                                                              \
     static void test_##name(void)
 
-#define HARNESS_FAIL_(...)                                                          \
-    do {                                                                            \
-        fprintf(stderr, "  FAIL %s:%d: ", __FILE__, __LINE__);                      \
-        fprintf(stderr, __VA_ARGS__);                                               \
-        fprintf(stderr, "\n");                                                      \
-        harness_cur_failed = 1;                                                     \
-        return;                                                                     \
+#define HARNESS_FAIL_(...)                                                                         \
+    do {                                                                                           \
+        fprintf(stderr, "  FAIL %s:%d: ", __FILE__, __LINE__);                                     \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fprintf(stderr, "\n");                                                                     \
+        harness_cur_failed = 1;                                                                    \
+        return;                                                                                    \
     } while (0)
 
 /* Failing assertions print and return from the current test function. */
-#define ASSERT(cond)                                                                \
-    do {                                                                            \
-        if (!(cond)) HARNESS_FAIL_("ASSERT(%s)", #cond);                            \
+#define ASSERT(cond)                                                                               \
+    do {                                                                                           \
+        if (!(cond)) HARNESS_FAIL_("ASSERT(%s)", #cond);                                           \
     } while (0)
 
-#define ASSERT_INT_OP_(a, op, b)                                                    \
-    do {                                                                            \
-        long long harness_a_ = (long long)(a), harness_b_ = (long long)(b);         \
-        if (!(harness_a_ op harness_b_))                                            \
-            HARNESS_FAIL_("%s %s %s (%lld vs %lld)", #a, #op, #b, harness_a_,       \
-                          harness_b_);                                              \
+#define ASSERT_INT_OP_(a, op, b)                                                                   \
+    do {                                                                                           \
+        long long harness_a_ = (long long)(a), harness_b_ = (long long)(b);                        \
+        if (!(harness_a_ op harness_b_))                                                           \
+            HARNESS_FAIL_("%s %s %s (%lld vs %lld)", #a, #op, #b, harness_a_, harness_b_);         \
     } while (0)
 
 #define ASSERT_EQ(a, b) ASSERT_INT_OP_(a, ==, b)
@@ -79,28 +78,25 @@ static inline void harness_register(const char *name, void (*fn)(void)) {
 #define ASSERT_GT(a, b) ASSERT_INT_OP_(a, >, b)
 #define ASSERT_GE(a, b) ASSERT_INT_OP_(a, >=, b)
 
-#define ASSERT_U64_EQ(a, b)                                                         \
-    do {                                                                            \
-        uint64_t harness_a_ = (uint64_t)(a), harness_b_ = (uint64_t)(b);            \
-        if (harness_a_ != harness_b_)                                               \
-            HARNESS_FAIL_("%s == %s (%" PRIu64 " vs %" PRIu64 ")", #a, #b,          \
-                          harness_a_, harness_b_);                                  \
+#define ASSERT_U64_EQ(a, b)                                                                        \
+    do {                                                                                           \
+        uint64_t harness_a_ = (uint64_t)(a), harness_b_ = (uint64_t)(b);                           \
+        if (harness_a_ != harness_b_)                                                              \
+            HARNESS_FAIL_("%s == %s (%" PRIu64 " vs %" PRIu64 ")", #a, #b, harness_a_,             \
+                          harness_b_);                                                             \
     } while (0)
 
-#define ASSERT_STR_EQ(a, b)                                                         \
-    do {                                                                            \
-        const char *harness_a_ = (a), *harness_b_ = (b);                            \
-        if (harness_a_ == NULL || harness_b_ == NULL ||                             \
-            strcmp(harness_a_, harness_b_) != 0)                                    \
-            HARNESS_FAIL_("%s == %s (\"%s\" vs \"%s\")", #a, #b,                    \
-                          harness_a_ ? harness_a_ : "(null)",                       \
-                          harness_b_ ? harness_b_ : "(null)");                      \
+#define ASSERT_STR_EQ(a, b)                                                                        \
+    do {                                                                                           \
+        const char *harness_a_ = (a), *harness_b_ = (b);                                           \
+        if (harness_a_ == NULL || harness_b_ == NULL || strcmp(harness_a_, harness_b_) != 0)       \
+            HARNESS_FAIL_("%s == %s (\"%s\" vs \"%s\")", #a, #b,                                   \
+                          harness_a_ ? harness_a_ : "(null)", harness_b_ ? harness_b_ : "(null)"); \
     } while (0)
 
-#define ASSERT_MEM_EQ(a, b, n)                                                      \
-    do {                                                                            \
-        if (memcmp((a), (b), (n)) != 0)                                             \
-            HARNESS_FAIL_("memcmp(%s, %s, %s) != 0", #a, #b, #n);                   \
+#define ASSERT_MEM_EQ(a, b, n)                                                                     \
+    do {                                                                                           \
+        if (memcmp((a), (b), (n)) != 0) HARNESS_FAIL_("memcmp(%s, %s, %s) != 0", #a, #b, #n);      \
     } while (0)
 
 /* Runs the registered tests; returns the process exit code. */

@@ -206,8 +206,8 @@ static void bench(int n, unsigned proposals, unsigned batch) {
         target += b;
         pump(&c);
         if (leader->applied < target) {
-            fprintf(stderr, "bench_raft_throughput: batch not committed (%" PRIu64 " < %" PRIu64
-                            ")\n",
+            fprintf(stderr,
+                    "bench_raft_throughput: batch not committed (%" PRIu64 " < %" PRIu64 ")\n",
                     leader->applied, target);
             exit(1);
         }

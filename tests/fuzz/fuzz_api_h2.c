@@ -259,8 +259,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 {(uint8_t *)"content-type", (uint8_t *)ct, 12, strlen(ct), 0},
             };
             nghttp2_data_provider prov = {.source.ptr = b, .read_callback = body_read};
-            int32_t id = nghttp2_submit_request(cl, NULL, nva, 5, (flags & 0x80) ? NULL : &prov,
-                                                NULL);
+            int32_t id =
+                nghttp2_submit_request(cl, NULL, nva, 5, (flags & 0x80) ? NULL : &prov, NULL);
             if (id > 0 && n_ids < BODIES_MAX) ids[n_ids++] = id;
             break;
         }

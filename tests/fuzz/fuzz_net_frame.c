@@ -39,8 +39,7 @@ static void check_reencode(const struct net__frame *f, const uint8_t *src, size_
     size_t n;
     int rc = net__frame_encode(f, &buf, &n);
     if (rc != 0 || n != len || memcmp(buf, src, len) != 0) {
-        fprintf(stderr, "re-encode mismatch: rc %d type %u len %zu vs %zu\n", rc, f->type, n,
-                len);
+        fprintf(stderr, "re-encode mismatch: rc %d type %u len %zu vs %zu\n", rc, f->type, n, len);
         abort();
     }
     if (net__frame_encoded_size(f) != len) abort();
@@ -117,8 +116,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fed += piece;
     }
     if (n_split != n_whole || split_rc != whole_rc) {
-        fprintf(stderr, "split/whole mismatch: %zu vs %zu frames, rc %d vs %d\n", n_split,
-                n_whole, split_rc, whole_rc);
+        fprintf(stderr, "split/whole mismatch: %zu vs %zu frames, rc %d vs %d\n", n_split, n_whole,
+                split_rc, whole_rc);
         abort();
     }
 

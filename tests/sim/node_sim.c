@@ -85,8 +85,8 @@ enum ns_fail {
 };
 
 static const char *const fail_names[NS_FAIL_KINDS_] = {
-    "ok", "state machine safety", "election safety", "read safety", "durability",
-    "driver error", "liveness"};
+    "ok",         "state machine safety", "election safety", "read safety",
+    "durability", "driver error",         "liveness"};
 
 static bool fail_is_safety(int k) {
     return k != NS_OK && k != NS_FAIL_LIVENESS && k != NS_FAIL_DRIVER;
@@ -104,10 +104,10 @@ struct ns_node {
     struct store_memdb *disk; /* survives crashes */
     struct node *core;        /* NULL while down */
     bool up;
-    bool off;       /* removed from the cluster: stopped for good */
-    bool stop_req;  /* io.stop was called */
-    bool woken;     /* io.wake was called */
-    uint32_t inc;   /* incarnation, bumped per start */
+    bool off;      /* removed from the cluster: stopped for good */
+    bool stop_req; /* io.stop was called */
+    bool woken;    /* io.wake was called */
+    uint32_t inc;  /* incarnation, bumped per start */
     uint64_t tick_us;
     struct store_memdb *pending_snap; /* received, not installed */
     bool snap_busy[NS_NODES_MAX];     /* a stream to that node is on its way */
@@ -184,11 +184,12 @@ static void ns_fail(struct ns_world *w, int kind, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(w->fail_msg, sizeof w->fail_msg, fmt, ap);
     va_end(ap);
-    if (w->verbose) printf("%9.3fms FAIL %s: %s\n", (double)w->now_us / 1000.0,
-                           fail_names[kind], w->fail_msg);
+    if (w->verbose)
+        printf("%9.3fms FAIL %s: %s\n", (double)w->now_us / 1000.0, fail_names[kind], w->fail_msg);
 }
 
-static void ns_trace(struct ns_world *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ns_trace(struct ns_world *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void ns_trace(struct ns_world *w, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -197,15 +198,19 @@ static void ns_trace(struct ns_world *w, const char *fmt, ...) {
     printf("\n");
     va_end(ap);
 }
-#define NTRACE(w, ...)                                                                    \
-    do {                                                                                  \
-        if ((w)->verbose) ns_trace((w), __VA_ARGS__);                                     \
+#define NTRACE(w, ...)                                                                             \
+    do {                                                                                           \
+        if ((w)->verbose) ns_trace((w), __VA_ARGS__);                                              \
     } while (0)
 
 static void schedule(struct ns_world *w, uint64_t at_us, uint8_t type, int node, uint32_t arg,
                      struct sim_msg *msg) {
-    struct sim_event e = {.time_us = at_us, .seq = w->seq++, .type = type,
-                          .node = (uint8_t)node, .arg = arg, .msg = msg};
+    struct sim_event e = {.time_us = at_us,
+                          .seq = w->seq++,
+                          .type = type,
+                          .node = (uint8_t)node,
+                          .arg = arg,
+                          .msg = msg};
     sim_heap_push(&w->heap, &e);
 }
 
@@ -227,7 +232,9 @@ static struct ns_index *index_at(struct ns_world *w, uint64_t i) {
 
 /* ------------------------------------------------------------ checks */
 
-static uint64_t hash_u64(uint64_t v, uint64_t h) { return sim_hash(&v, sizeof v, h); }
+static uint64_t hash_u64(uint64_t v, uint64_t h) {
+    return sim_hash(&v, sizeof v, h);
+}
 
 /* io.applied: the same entry at every index on every node. */
 static void on_applied(void *ctx, const struct raft_entry *e) {
@@ -250,8 +257,8 @@ static void on_applied(void *ctx, const struct raft_entry *e) {
     }
     if (x->entry_hash != h)
         ns_fail(w, NS_FAIL_SM_SAFETY,
-                "n%d applied (index %" PRIu64 ", term %" PRIu64 ") but n%d applied (index %"
-                PRIu64 ", term %" PRIu64 ") with other contents",
+                "n%d applied (index %" PRIu64 ", term %" PRIu64 ") but n%d applied (index %" PRIu64
+                ", term %" PRIu64 ") with other contents",
                 nd->idx + 1, e->index, e->term, x->entry_by + 1, e->index, x->term);
 }
 
@@ -259,7 +266,8 @@ static void on_applied(void *ctx, const struct raft_entry *e) {
 static void on_apply_result(void *ctx, const struct store_result *res) {
     struct ns_node *nd = ctx;
     struct ns_world *w = nd->w;
-    uint64_t h = hash_u64((uint64_t)res->revision, hash_u64((uint64_t)(int64_t)res->err, SIM_HASH_INIT));
+    uint64_t h =
+        hash_u64((uint64_t)res->revision, hash_u64((uint64_t)(int64_t)res->err, SIM_HASH_INIT));
     h = hash_u64(res->type, hash_u64(res->n_events, h));
     for (size_t i = 0; i < res->n_events; i++) {
         const struct store_event *ev = &res->events[i];
@@ -275,13 +283,12 @@ static void on_apply_result(void *ctx, const struct store_result *res) {
         x->res_by = nd->idx;
     } else if (x->res_hash != h) {
         ns_fail(w, NS_FAIL_SM_SAFETY,
-                "n%d's store result of index %" PRIu64 " (revision %" PRId64
-                ") differs from n%d's",
+                "n%d's store result of index %" PRIu64 " (revision %" PRId64 ") differs from n%d's",
                 nd->idx + 1, res->raft_index, res->revision, x->res_by + 1);
     }
     /* Leader churn: a leader may die as it commits. */
-    if (!w->healing && w->now_us < w->churn_until_us && nd->core &&
-        nd->core->leader == nd->id && sim_rng_ppm(&w->rng, w->p.churn_ppm / 4)) {
+    if (!w->healing && w->now_us < w->churn_until_us && nd->core && nd->core->leader == nd->id &&
+        sim_rng_ppm(&w->rng, w->p.churn_ppm / 4)) {
         store_memdb_fail_write(nd->disk, sim_rng_range(&w->rng, 1, 3));
         w->st.faults_armed++;
     }
@@ -321,9 +328,15 @@ static void check_roles(struct ns_world *w) {
 
 /* ------------------------------------------------------------ io table */
 
-static uint64_t io_now_ms(void *ctx) { return ((struct ns_node *)ctx)->w->now_us / 1000u; }
-static void io_wake(void *ctx) { ((struct ns_node *)ctx)->woken = true; }
-static void io_stop(void *ctx) { ((struct ns_node *)ctx)->stop_req = true; }
+static uint64_t io_now_ms(void *ctx) {
+    return ((struct ns_node *)ctx)->w->now_us / 1000u;
+}
+static void io_wake(void *ctx) {
+    ((struct ns_node *)ctx)->woken = true;
+}
+static void io_stop(void *ctx) {
+    ((struct ns_node *)ctx)->stop_req = true;
+}
 static void io_log(void *ctx, const char *line) {
     struct ns_node *nd = ctx;
     if (strstr(line, "injected fault")) {
@@ -373,7 +386,9 @@ static int open_store_on(struct store_memdb *m, struct store **out) {
     return store_open(&opt, out, NULL, 0);
 }
 
-static void replay_nop(void *ctx) { (void)ctx; }
+static void replay_nop(void *ctx) {
+    (void)ctx;
+}
 static void replay_log(void *ctx, const char *line) {
     (void)ctx;
     (void)line;
@@ -412,8 +427,12 @@ static struct store_memdb *checkpoint(struct ns_world *w, struct ns_node *donor,
         if (i >= w->idx_cap || !w->idx[i].has_entry) return NULL;
     struct store_memdb *m = store_memdb_new();
     struct node *t = sim_xcalloc(1, sizeof *t);
-    const struct node_io io = {.ctx = w, .now_ms = io_now_ms, .wake = replay_nop,
-                               .stop = replay_nop, .log = replay_log, .send = replay_send,
+    const struct node_io io = {.ctx = w,
+                               .now_ms = io_now_ms,
+                               .wake = replay_nop,
+                               .stop = replay_nop,
+                               .log = replay_log,
+                               .send = replay_send,
                                .send_snapshot = replay_send_snapshot,
                                .install_snapshot = replay_install};
     /* now_ms reads ctx as a node: give it founder 1 (only its world is used). */
@@ -427,8 +446,10 @@ static struct store_memdb *checkpoint(struct ns_world *w, struct ns_node *donor,
     struct raft_entry *es = sim_xcalloc(n_e ? n_e : 1, sizeof *es);
     for (size_t k = 0; k < n_e; k++) {
         const struct ns_index *x = &w->idx[STORE_BOOTSTRAP_INDEX + 1 + k];
-        es[k] = (struct raft_entry){.index = STORE_BOOTSTRAP_INDEX + 1 + k, .term = x->term,
-                                    .type = x->type, .data = {x->data, x->len}};
+        es[k] = (struct raft_entry){.index = STORE_BOOTSTRAP_INDEX + 1 + k,
+                                    .term = x->term,
+                                    .type = x->type,
+                                    .data = {x->data, x->len}};
     }
     if (ok && n_e) ok = store_raft_save(t->store, NULL, es, n_e, false) == 0;
     for (size_t k = 0; ok && k < n_e; k++) ok = node__apply_entry(t, &es[k]) == 0;
@@ -514,8 +535,8 @@ static void io_send_snapshot(void *ctx, const struct raft_msg *m) {
     sm->snap = snap;
     nd->snap_busy[dst->idx] = true;
     w->st.snaps_sent++;
-    NTRACE(w, "n%d streams a snapshot at %" PRIu64 " to n%d", nd->idx + 1,
-           copy.snapshot.meta.index, dst->idx + 1);
+    NTRACE(w, "n%d streams a snapshot at %" PRIu64 " to n%d", nd->idx + 1, copy.snapshot.meta.index,
+           dst->idx + 1);
     schedule(w, w->now_us + draw_delay(w) * 4, NS_EV_SNAP, dst->idx, 0, sm);
 }
 
@@ -592,8 +613,8 @@ static void start_node(struct ns_world *w, struct ns_node *nd) {
     node__set_hooks(nd->core, on_apply_result, on_leader, nd);
     NTRACE(w, "n%d starts (incarnation %" PRIu32 ", applied %" PRIu64 ")", nd->idx + 1, nd->inc,
            store_applied_index(nd->core->store));
-    schedule(w, w->now_us + 1 + sim_rng_below(&w->rng, nd->tick_us), NS_EV_TICK, nd->idx,
-             nd->inc, NULL);
+    schedule(w, w->now_us + 1 + sim_rng_below(&w->rng, nd->tick_us), NS_EV_TICK, nd->idx, nd->inc,
+             NULL);
     nd->core->dirty = true;
     settle(w, nd);
 }
@@ -665,8 +686,8 @@ static void put_done(void *arg, int err, const struct store_result *res) {
             w->heal_index = res->raft_index;
             w->heal_put_inflight = false;
         }
-        NTRACE(w, "n%d put k%u acknowledged at index %" PRIu64 " revision %" PRId64,
-               r->node + 1, r->key, res->raft_index, res->revision);
+        NTRACE(w, "n%d put k%u acknowledged at index %" PRIu64 " revision %" PRId64, r->node + 1,
+               r->key, res->raft_index, res->revision);
     } else if (r->heal) {
         NTRACE(w, "healing put failed: %d", err);
         w->heal_put_inflight = false;
@@ -734,8 +755,7 @@ static void client(struct ns_world *w) {
         uint8_t key = (uint8_t)sim_rng_below(&w->rng, NS_KEYS);
         if (sim_rng_ppm(&w->rng, w->p.read_ppm)) {
             struct ns_req *r = sim_xcalloc(1, sizeof *r);
-            *r = (struct ns_req){.w = w, .node = nd->idx, .key = key,
-                                 .min_rev = w->acked_rev[key]};
+            *r = (struct ns_req){.w = w, .node = nd->idx, .key = key, .min_rev = w->acked_rev[key]};
             w->st.reads++;
             if (node__read_barrier(nd->core, read_done, r) != 0)
                 free(r);
@@ -812,8 +832,10 @@ static void member_change(struct ns_world *w) {
     if (type == RAFT_CC_REMOVE) {
         /* Never re-added: a removed member's id stays retired. */
         struct ns_node *v = node_by_id(w, m.id);
-        if (v && v->idx >= w->p.n_nodes) w->spare_removed = true;
-        else w->founder_removed = true;
+        if (v && v->idx >= w->p.n_nodes)
+            w->spare_removed = true;
+        else
+            w->founder_removed = true;
     }
     settle(w, l);
 }
@@ -825,7 +847,7 @@ static void transfer_done(void *arg, int err) {
 
 static void nemesis(struct ns_world *w) {
     const struct ns_params *p = &w->p;
-    uint32_t weights[] = {p->w_crash, p->w_fault,    p->w_partition, p->w_heal,
+    uint32_t weights[] = {p->w_crash,  p->w_fault,    p->w_partition, p->w_heal,
                           p->w_member, p->w_transfer, p->w_weather,   p->w_churn};
     size_t n_w = sizeof weights / sizeof weights[0];
     uint32_t total = 0;
@@ -975,12 +997,17 @@ static bool heal_eval(struct ns_world *w) {
             off += (size_t)snprintf(lag + off, sizeof lag - off,
                                     " n%d%s term %" PRIu64 " role %u commit %" PRIu64
                                     " applied %" PRIu64 ";",
-                                    i + 1, nd->off ? "(off)" : nd->up ? "" : "(down)", rs.term,
-                                    (unsigned)rs.role, rs.commit,
+                                    i + 1,
+                                    nd->off  ? "(off)"
+                                    : nd->up ? ""
+                                             : "(down)",
+                                    rs.term, (unsigned)rs.role, rs.commit,
                                     nd->up ? store_applied_index(nd->core->store) : 0);
         }
-        ns_fail(w, NS_FAIL_LIVENESS, "the healed cluster did not apply a new put everywhere "
-                "within %u s:%s", NS_HEAL_MAX_US / 1000000u, lag);
+        ns_fail(w, NS_FAIL_LIVENESS,
+                "the healed cluster did not apply a new put everywhere "
+                "within %u s:%s",
+                NS_HEAL_MAX_US / 1000000u, lag);
         return true;
     }
     struct ns_node *l = leader_node(w);
@@ -995,7 +1022,8 @@ static bool heal_eval(struct ns_world *w) {
     }
     if (w->fail_kind || !l->up) return w->fail_kind != 0;
     if (!w->heal_index) {
-        if (!w->heal_put_inflight || w->now_us - w->heal_put_us > 3 * NS_REQUEST_TIMEOUT_MS * 1000u) {
+        if (!w->heal_put_inflight ||
+            w->now_us - w->heal_put_us > 3 * NS_REQUEST_TIMEOUT_MS * 1000u) {
             w->heal_put_us = w->now_us;
             submit_put(w, l, 0, true);
         }
@@ -1039,8 +1067,9 @@ static bool heal_eval(struct ns_world *w) {
             h0 = h;
             a0 = a;
         } else if (a == a0 && h != h0) {
-            ns_fail(w, NS_FAIL_SM_SAFETY, "n%d and n%d applied %" PRIu64
-                    " entries but their stores differ", first + 1, i + 1, a);
+            ns_fail(w, NS_FAIL_SM_SAFETY,
+                    "n%d and n%d applied %" PRIu64 " entries but their stores differ", first + 1,
+                    i + 1, a);
         }
     }
     return true;
@@ -1092,8 +1121,7 @@ static void node_config(struct ns_world *w, struct ns_node *nd) {
     memset(c, 0, sizeof *c);
     snprintf(c->name, sizeof c->name, "%s", nd->name);
     snprintf(c->data_dir, sizeof c->data_dir, "/nonexistent/quorumfs-node-sim");
-    snprintf(c->advertise_client_urls, sizeof c->advertise_client_urls, "sim://%s:2379",
-             nd->name);
+    snprintf(c->advertise_client_urls, sizeof c->advertise_client_urls, "sim://%s:2379", nd->name);
     snprintf(c->initial_cluster_token, sizeof c->initial_cluster_token, "%s", NS_TOKEN);
     bool spare = nd->idx >= w->p.n_nodes;
     c->initial_cluster_existing = spare;
@@ -1183,8 +1211,9 @@ static int ns_run(uint64_t seed, const struct ns_opts *o, struct ns_stats *st, c
         if (!nd->disk) abort();
     }
     for (int i = 0; i < w->n_univ; i++) node_config(w, &w->nodes[i]);
-    NTRACE(w, "seed %" PRIu64 ": %d nodes%s, %s, snapshot every %" PRIu64
-              ", msg bytes %" PRIu64 ", inflight %u",
+    NTRACE(w,
+           "seed %" PRIu64 ": %d nodes%s, %s, snapshot every %" PRIu64 ", msg bytes %" PRIu64
+           ", inflight %u",
            seed, w->p.n_nodes, spare ? " + spare" : "", w->p.churn ? "churn" : "random",
            w->p.snapshot_count, w->p.tuning.max_size_per_msg, w->p.tuning.max_inflight_msgs);
     for (int i = 0; i < w->n_univ && !w->fail_kind; i++) start_node(w, &w->nodes[i]);
@@ -1252,11 +1281,10 @@ static double now_s(void) {
 }
 
 static void usage(void) {
-    fprintf(stderr,
-            "usage: node_sim [--seed N] [--runs R] [--steps S] [--nodes 3|5]\n"
-            "                [--profile mixed|random|churn] [--expect-violation] [-v]\n"
-            "  runs the real node driver (server/node_core.c) in simulated clusters;\n"
-            "  run i uses seed N+i; -v traces every event (with --runs 1)\n");
+    fprintf(stderr, "usage: node_sim [--seed N] [--runs R] [--steps S] [--nodes 3|5]\n"
+                    "                [--profile mixed|random|churn] [--expect-violation] [-v]\n"
+                    "  runs the real node driver (server/node_core.c) in simulated clusters;\n"
+                    "  run i uses seed N+i; -v traces every event (with --runs 1)\n");
 }
 
 int main(int argc, char **argv) {
@@ -1319,8 +1347,7 @@ int main(int argc, char **argv) {
         if (fail_is_safety(kind)) safety++;
         if (failed <= 20) {
             printf("FAIL seed %" PRIu64 ": %s: %s\n", s, fail_names[kind], msg);
-            printf("  replay: node_sim --seed %" PRIu64 " --runs 1 --steps %" PRIu64
-                   "%s%s%s -v\n",
+            printf("  replay: node_sim --seed %" PRIu64 " --runs 1 --steps %" PRIu64 "%s%s%s -v\n",
                    s, o.steps, o.nodes ? (o.nodes == 3 ? " --nodes 3" : " --nodes 5") : "",
                    o.profile ? " --profile " : "", o.profile ? profiles[o.profile] : "");
         }
@@ -1343,8 +1370,8 @@ int main(int argc, char **argv) {
            tot.applied, tot.puts, tot.puts_acked, tot.reads, tot.reads_served, tot.snaps_sent,
            tot.snaps_installed, tot.conf_proposed, tot.conf_applied, tot.removed, tot.transfers);
     printf("  failed writes struck: persisting entries/hard state %" PRIu64 ", applying %" PRIu64
-           ", installing a snapshot %" PRIu64 ", elsewhere (member table, compaction, start) %"
-           PRIu64 "\n",
+           ", installing a snapshot %" PRIu64
+           ", elsewhere (member table, compaction, start) %" PRIu64 "\n",
            tot.died_persist, tot.died_apply, tot.died_install, tot.died_other);
     if (failed) {
         printf("  failures:");

@@ -68,24 +68,24 @@ void *sim_xrealloc(void *p, size_t n);
 void sim_reserve(void **arr, size_t *cap, size_t n, size_t size);
 
 enum sim_event_type {
-    SIM_EV_TICK = 0,     /* node ticks its Raft clock */
-    SIM_EV_DELIVER = 1,  /* a message arrives (or is dropped at the door) */
-    SIM_EV_CLIENT = 2,   /* a client proposes or reads */
-    SIM_EV_NEMESIS = 3,  /* the fault injector acts */
-    SIM_EV_RESTART = 4,  /* a crashed node boots from its disk */
-    SIM_EV_HEAL_NET = 5, /* a partition ends */
-    SIM_EV_COMPACT = 6,  /* node checkpoints its state machine, maybe compacts */
+    SIM_EV_TICK = 0,      /* node ticks its Raft clock */
+    SIM_EV_DELIVER = 1,   /* a message arrives (or is dropped at the door) */
+    SIM_EV_CLIENT = 2,    /* a client proposes or reads */
+    SIM_EV_NEMESIS = 3,   /* the fault injector acts */
+    SIM_EV_RESTART = 4,   /* a crashed node boots from its disk */
+    SIM_EV_HEAL_NET = 5,  /* a partition ends */
+    SIM_EV_COMPACT = 6,   /* node checkpoints its state machine, maybe compacts */
     SIM_EV_SNAP_DONE = 7, /* the sender learns how a snapshot send ended */
 };
 
 struct sim_msg;
 
 struct sim_event {
-    uint64_t time_us; /* virtual time it fires */
-    uint64_t seq;     /* insertion order: breaks ties deterministically */
-    uint8_t type;     /* enum sim_event_type */
-    uint8_t node;     /* index into world->nodes, when relevant */
-    uint32_t arg;     /* event-specific (incarnation, flag) */
+    uint64_t time_us;    /* virtual time it fires */
+    uint64_t seq;        /* insertion order: breaks ties deterministically */
+    uint8_t type;        /* enum sim_event_type */
+    uint8_t node;        /* index into world->nodes, when relevant */
+    uint32_t arg;        /* event-specific (incarnation, flag) */
     struct sim_msg *msg; /* SIM_EV_DELIVER: owned by the event */
 };
 
@@ -116,12 +116,12 @@ uint64_t sim_sm_hash(const struct sim_sm *sm);
 /* ---- network ---- */
 
 struct sim_msg {
-    uint64_t from, to;     /* node ids */
-    uint32_t from_inc;     /* sender's incarnation (for snapshot reports) */
-    uint8_t type;          /* enum raft_msg_type, for tracing and reports */
-    size_t len;            /* bytes in buf */
-    void *snap;            /* node_sim: the snapshot a SNAP stream carries */
-    unsigned char *buf;    /* raft_encode()d message, owned */
+    uint64_t from, to;  /* node ids */
+    uint32_t from_inc;  /* sender's incarnation (for snapshot reports) */
+    uint8_t type;       /* enum raft_msg_type, for tracing and reports */
+    size_t len;         /* bytes in buf */
+    void *snap;         /* node_sim: the snapshot a SNAP stream carries */
+    unsigned char *buf; /* raft_encode()d message, owned */
 };
 
 /* ---- nodes ---- */
@@ -138,35 +138,35 @@ enum sim_crash_point {
 
 enum sim_trap {
     SIM_TRAP_NONE = 0,
-    SIM_TRAP_NEXT_UPDATE = 1,   /* crash inside the next update */
-    SIM_TRAP_ON_LEADER = 2,     /* crash inside the first update as a new leader */
-    SIM_TRAP_ON_COMMIT = 3,     /* crash inside the next leader update that commits */
+    SIM_TRAP_NEXT_UPDATE = 1, /* crash inside the next update */
+    SIM_TRAP_ON_LEADER = 2,   /* crash inside the first update as a new leader */
+    SIM_TRAP_ON_COMMIT = 3,   /* crash inside the next leader update that commits */
 };
 
 struct sim_node {
-    uint64_t id;           /* raft id, 1..n */
-    bool up;               /* running (false: crashed or powered off) */
-    bool powered_off;      /* removed member stopped for good (healing phase) */
-    uint32_t incarnation;  /* bumped on every restart */
-    struct raft *r;        /* NULL while down */
+    uint64_t id;              /* raft id, 1..n */
+    bool up;                  /* running (false: crashed or powered off) */
+    bool powered_off;         /* removed member stopped for good (healing phase) */
+    uint32_t incarnation;     /* bumped on every restart */
+    struct raft *r;           /* NULL while down */
     struct raft_memstore *ms; /* the durable disk: log, hard state, snapshot, conf */
     struct raft_storage *st;
-    struct sim_sm sm;        /* volatile state machine (lost on crash) */
-    struct sim_sm persisted; /* state-machine image on disk */
+    struct sim_sm sm;          /* volatile state machine (lost on crash) */
+    struct sim_sm persisted;   /* state-machine image on disk */
     struct raft_hard_state hs; /* mirror of the hard state on disk */
     /* A hard state written without sync may be lost by a crash: what the
      * disk held before it (valid while hs_unsynced). */
     bool hs_unsynced;
     struct raft_hard_state hs_synced;
-    uint64_t tick_us;        /* this node's tick period (clock skew) */
-    uint8_t trap;            /* enum sim_trap, armed by the nemesis */
-    uint8_t trap_point;      /* enum sim_crash_point chosen for the trap */
+    uint64_t tick_us;   /* this node's tick period (clock skew) */
+    uint8_t trap;       /* enum sim_trap, armed by the nemesis */
+    uint8_t trap_point; /* enum sim_crash_point chosen for the trap */
     /* Observation for the checker, refreshed after every event. */
     uint8_t role;
     uint64_t term;
     uint64_t leader;
     uint64_t leader_checked_term; /* term whose leader log was fully checked */
-    uint64_t commit_seen;   /* entries up to here were reported to the checker */
+    uint64_t commit_seen;         /* entries up to here were reported to the checker */
     /* Reads whose read_state arrived but applied < read index (volatile). */
     uint32_t waiting[SIM_WAITING_READS_MAX];
     uint64_t waiting_index[SIM_WAITING_READS_MAX];
@@ -176,9 +176,9 @@ struct sim_node {
 /* ---- per-run configuration, drawn from the run's seed ---- */
 
 struct sim_params {
-    bool churn;            /* drawn as a churn-profile run (see draw_params) */
-    int n_nodes;           /* initial voters: 3 or 5 */
-    bool spare;            /* one more node, outside the cluster, may join */
+    bool churn;  /* drawn as a churn-profile run (see draw_params) */
+    int n_nodes; /* initial voters: 3 or 5 */
+    bool spare;  /* one more node, outside the cluster, may join */
     unsigned election_tick, heartbeat_tick;
     bool pre_vote, check_quorum, no_forwarding;
     uint64_t max_size_per_msg;
@@ -190,8 +190,8 @@ struct sim_params {
     uint32_t read_ppm;          /* share of client requests that are reads */
     uint32_t leader_client_ppm; /* share of requests sent to the known leader */
     uint64_t nemesis_gap_us;    /* mean gap between fault actions */
-    uint32_t w_crash, w_trap, w_partition, w_heal, w_member, w_transfer, w_weather,
-        w_restart_all, w_churn; /* nemesis action weights */
+    uint32_t w_crash, w_trap, w_partition, w_heal, w_member, w_transfer, w_weather, w_restart_all,
+        w_churn;                /* nemesis action weights */
     uint64_t compact_gap_us;    /* mean gap between a node's checkpoints */
     uint64_t compact_keep_max;  /* entries kept behind a snapshot */
     uint32_t unsynced_loss_ppm; /* chance a crash loses an unsynced hard state */
@@ -209,20 +209,20 @@ struct sim_params {
  * a commit index only from a leader of a term <= its own).
  */
 struct sim_committed {
-    uint64_t term;        /* 0 = not known to be committed */
+    uint64_t term; /* 0 = not known to be committed */
     uint64_t commit_term;
-    uint64_t node;        /* who reported it first (for messages) */
-    bool applied;         /* entry_hash and state_hash are set */
-    uint64_t entry_hash;  /* hash of type + data */
-    uint64_t state_hash;  /* state machine right after applying it */
-    uint64_t applied_by;  /* who applied it first */
+    uint64_t node;       /* who reported it first (for messages) */
+    bool applied;        /* entry_hash and state_hash are set */
+    uint64_t entry_hash; /* hash of type + data */
+    uint64_t state_hash; /* state machine right after applying it */
+    uint64_t applied_by; /* who applied it first */
 };
 
 struct sim_logkey {
     uint64_t index, term; /* term 0 = empty slot */
     uint64_t entry_hash;
-    uint64_t prev_term;   /* term of index - 1 in the log that carried it */
-    uint64_t node;        /* first node seen holding it */
+    uint64_t prev_term; /* term of index - 1 in the log that carried it */
+    uint64_t node;      /* first node seen holding it */
 };
 
 struct sim_proposal {
@@ -234,7 +234,7 @@ struct sim_proposal {
 };
 
 struct sim_read {
-    uint64_t node;        /* node id the client asked */
+    uint64_t node; /* node id the client asked */
     uint8_t key;
     uint64_t requested_us;
     uint64_t min_windex;  /* newest acknowledged write of key at request time */
@@ -243,15 +243,15 @@ struct sim_read {
 };
 
 struct sim_check {
-    struct sim_committed *com;   /* indexed by log index */
+    struct sim_committed *com; /* indexed by log index */
     size_t com_cap;
-    uint64_t com_max;            /* highest index known committed */
-    uint64_t *term_leader;       /* leader id of each term seen */
+    uint64_t com_max;      /* highest index known committed */
+    uint64_t *term_leader; /* leader id of each term seen */
     size_t term_leader_cap;
-    struct sim_logkey *logmap;   /* open addressing on (index, term) */
+    struct sim_logkey *logmap; /* open addressing on (index, term) */
     size_t logmap_cap, logmap_n;
     uint64_t ack_windex[SIM_KEYS]; /* newest write of each key acknowledged */
-    uint64_t ack_max;            /* newest acknowledged write, any key */
+    uint64_t ack_max;              /* newest acknowledged write, any key */
 };
 
 enum sim_fail_kind {
@@ -261,9 +261,9 @@ enum sim_fail_kind {
     SIM_FAIL_LEADER_COMPLETENESS,
     SIM_FAIL_SM_SAFETY,
     SIM_FAIL_READ_SAFETY,
-    SIM_FAIL_DURABILITY,   /* term/vote/commit went backwards, vote changed in a term */
-    SIM_FAIL_CONTRACT,     /* an update broke raft.h's contract (order, gaps, must_sync) */
-    SIM_FAIL_DRIVER,       /* raft or memstore returned an unexpected error */
+    SIM_FAIL_DURABILITY, /* term/vote/commit went backwards, vote changed in a term */
+    SIM_FAIL_CONTRACT,   /* an update broke raft.h's contract (order, gaps, must_sync) */
+    SIM_FAIL_DRIVER,     /* raft or memstore returned an unexpected error */
     SIM_FAIL_LIVENESS,
     SIM_FAIL_KINDS_
 };
@@ -290,17 +290,17 @@ struct sim_world {
     uint64_t now_us;
     uint64_t seq;
     struct sim_heap heap;
-    int n_univ;                      /* nodes that exist: n_nodes + spare */
+    int n_univ; /* nodes that exist: n_nodes + spare */
     struct sim_node nodes[SIM_NODES_MAX];
     bool cut[SIM_NODES_MAX][SIM_NODES_MAX]; /* cut[from][to]: drop from -> to */
     bool partitioned;
-    bool healing;                    /* final phase: no faults */
-    uint32_t loss_ppm, dup_ppm;      /* current network weather */
-    uint64_t churn_until_us;         /* leader churn lasts until then */
-    struct sim_proposal *props;      /* indexed by value (1..) */
+    bool healing;               /* final phase: no faults */
+    uint32_t loss_ppm, dup_ppm; /* current network weather */
+    uint64_t churn_until_us;    /* leader churn lasts until then */
+    struct sim_proposal *props; /* indexed by value (1..) */
     size_t props_cap;
     uint64_t next_value;
-    struct sim_read *reads;          /* indexed by read id (1..) */
+    struct sim_read *reads; /* indexed by read id (1..) */
     size_t reads_cap;
     uint32_t next_read;
     struct sim_check chk;
@@ -309,7 +309,7 @@ struct sim_world {
     uint64_t heal_start_us, heal_leader_us, heal_propose_us;
 #define SIM_HEAL_PROPS 3
     uint64_t heal_values[SIM_HEAL_PROPS];
-    int fail_kind;                   /* enum sim_fail_kind of the first failure */
+    int fail_kind; /* enum sim_fail_kind of the first failure */
     char fail_msg[SIM_FAIL_MSG_MAX];
     struct sim_stats stats;
 };
@@ -319,9 +319,9 @@ void sim_fail(struct sim_world *w, int kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Trace line, printed only with -v (use TRACE: no formatting cost otherwise). */
 void sim_trace(struct sim_world *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#define TRACE(w, ...)                                                                  \
-    do {                                                                               \
-        if ((w)->verbose) sim_trace((w), __VA_ARGS__);                                 \
+#define TRACE(w, ...)                                                                              \
+    do {                                                                                           \
+        if ((w)->verbose) sim_trace((w), __VA_ARGS__);                                             \
     } while (0)
 
 enum sim_profile {
@@ -339,8 +339,8 @@ struct sim_run_opts {
 };
 
 /* Runs one seeded simulation; returns its enum sim_fail_kind (SIM_OK = pass). */
-int sim_run(uint64_t seed, const struct sim_run_opts *o, struct sim_stats *stats_out,
-            char *msg, size_t msg_cap);
+int sim_run(uint64_t seed, const struct sim_run_opts *o, struct sim_stats *stats_out, char *msg,
+            size_t msg_cap);
 
 /* ---- checker hooks (sim_check.c) ---- */
 
@@ -348,14 +348,14 @@ void sim_check_init(struct sim_check *c);
 void sim_check_free(struct sim_check *c);
 /* Entries e[0..n) were persisted by node; prev_term is the term at e[0].index-1
  * (UINT64_MAX if unknown). */
-void sim_check_appended(struct sim_world *w, const struct sim_node *n,
-                        const struct raft_entry *e, size_t n_e, uint64_t prev_term);
+void sim_check_appended(struct sim_world *w, const struct sim_node *n, const struct raft_entry *e,
+                        size_t n_e, uint64_t prev_term);
 /* node persisted a hard state whose commit covers index, holding term there. */
 void sim_check_committed(struct sim_world *w, const struct sim_node *n, uint64_t index,
                          uint64_t term);
 /* node applied e, leaving its state machine with hash state_hash. */
-void sim_check_applied(struct sim_world *w, const struct sim_node *n,
-                       const struct raft_entry *e, uint64_t state_hash);
+void sim_check_applied(struct sim_world *w, const struct sim_node *n, const struct raft_entry *e,
+                       uint64_t state_hash);
 /* node installed a snapshot at (index, term) whose image hashes to state_hash. */
 void sim_check_snapshot(struct sim_world *w, const struct sim_node *n, uint64_t index,
                         uint64_t term, uint64_t state_hash);

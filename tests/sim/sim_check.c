@@ -83,15 +83,16 @@ static struct sim_logkey *logmap_find(struct sim_check *c, uint64_t index, uint6
     return &c->logmap[s];
 }
 
-void sim_check_appended(struct sim_world *w, const struct sim_node *n,
-                        const struct raft_entry *e, size_t n_e, uint64_t prev_term) {
+void sim_check_appended(struct sim_world *w, const struct sim_node *n, const struct raft_entry *e,
+                        size_t n_e, uint64_t prev_term) {
     struct sim_check *c = &w->chk;
     uint64_t pt = prev_term;
     for (size_t i = 0; i < n_e; i++) {
         if (i > 0 && e[i].index != e[i - 1].index + 1) {
             sim_fail(w, SIM_FAIL_CONTRACT,
-                     "node %" PRIu64 " got entries to persist that are not contiguous: index %"
-                     PRIu64 " follows %" PRIu64,
+                     "node %" PRIu64
+                     " got entries to persist that are not contiguous: index %" PRIu64
+                     " follows %" PRIu64,
                      n->id, e[i].index, e[i - 1].index);
             return;
         }
@@ -118,8 +119,8 @@ void sim_check_appended(struct sim_world *w, const struct sim_node *n,
         } else {
             if (k->entry_hash != h) {
                 sim_fail(w, SIM_FAIL_LOG_MATCHING,
-                         "entry (index %" PRIu64 ", term %" PRIu64 ") differs between node %"
-                         PRIu64 " and node %" PRIu64 " (two leaders of one term, or corruption)",
+                         "entry (index %" PRIu64 ", term %" PRIu64 ") differs between node %" PRIu64
+                         " and node %" PRIu64 " (two leaders of one term, or corruption)",
                          e[i].index, e[i].term, k->node, n->id);
                 return;
             }
@@ -159,21 +160,21 @@ static void check_leader_has(struct sim_world *w, const struct sim_node *n, uint
     if (index > last) {
         sim_fail(w, SIM_FAIL_LEADER_COMPLETENESS,
                  "node %" PRIu64 " is leader of term %" PRIu64 " but its log ends at %" PRIu64
-                 " without entry %" PRIu64 " (term %" PRIu64
-                 ") committed in term <= %" PRIu64 " (reported by node %" PRIu64 ")",
+                 " without entry %" PRIu64 " (term %" PRIu64 ") committed in term <= %" PRIu64
+                 " (reported by node %" PRIu64 ")",
                  n->id, n->term, last, index, cm->term, cm->commit_term, cm->node);
         return;
     }
     if (n->st->term(n->st->data, index, &t) != 0) {
-        sim_fail(w, SIM_FAIL_DRIVER, "memstore term(%" PRIu64 ") of node %" PRIu64 " failed",
-                 index, n->id);
+        sim_fail(w, SIM_FAIL_DRIVER, "memstore term(%" PRIu64 ") of node %" PRIu64 " failed", index,
+                 n->id);
         return;
     }
     if (t != cm->term) {
         sim_fail(w, SIM_FAIL_LEADER_COMPLETENESS,
                  "node %" PRIu64 " is leader of term %" PRIu64 " but holds term %" PRIu64
-                 " at index %" PRIu64 " where term %" PRIu64
-                 " was committed in term <= %" PRIu64 " (reported by node %" PRIu64 ")",
+                 " at index %" PRIu64 " where term %" PRIu64 " was committed in term <= %" PRIu64
+                 " (reported by node %" PRIu64 ")",
                  n->id, n->term, t, index, cm->term, cm->commit_term, cm->node);
     }
 }
@@ -219,8 +220,8 @@ void sim_check_committed(struct sim_world *w, const struct sim_node *n, uint64_t
     note_committed(w, n, index, term, n->hs.term);
 }
 
-void sim_check_applied(struct sim_world *w, const struct sim_node *n,
-                       const struct raft_entry *e, uint64_t state_hash) {
+void sim_check_applied(struct sim_world *w, const struct sim_node *n, const struct raft_entry *e,
+                       uint64_t state_hash) {
     struct sim_check *c = &w->chk;
     /* The node applies only what it knows committed, so its current term
      * bounds the commit term (its commit index came from a leader of a term
@@ -284,8 +285,8 @@ void sim_check_hard_state(struct sim_world *w, const struct sim_node *n,
     const struct raft_hard_state *old = &n->hs;
     if (hs->term < old->term) {
         sim_fail(w, SIM_FAIL_DURABILITY,
-                 "node %" PRIu64 " persists term %" PRIu64 " after term %" PRIu64, n->id,
-                 hs->term, old->term);
+                 "node %" PRIu64 " persists term %" PRIu64 " after term %" PRIu64, n->id, hs->term,
+                 old->term);
     } else if (hs->term == old->term && old->vote != RAFT_NONE && hs->vote != old->vote) {
         sim_fail(w, SIM_FAIL_DURABILITY,
                  "node %" PRIu64 " changes its vote in term %" PRIu64 " from %" PRIu64
@@ -336,8 +337,8 @@ void sim_check_role(struct sim_world *w, struct sim_node *n) {
         TRACE(w, "n%" PRIu64 " is leader of term %" PRIu64, n->id, st.term);
     } else if (*tl != n->id) {
         sim_fail(w, SIM_FAIL_ELECTION_SAFETY,
-                 "nodes %" PRIu64 " and %" PRIu64 " are both leaders of term %" PRIu64, *tl,
-                 n->id, st.term);
+                 "nodes %" PRIu64 " and %" PRIu64 " are both leaders of term %" PRIu64, *tl, n->id,
+                 st.term);
         return;
     }
     if (n->leader_checked_term != st.term) check_new_leader(w, n);

@@ -28,10 +28,16 @@
 #define FAILURES_SHOWN_MAX 20
 
 const char *sim_fail_name(int kind) {
-    static const char *const names[SIM_FAIL_KINDS_] = {
-        "ok",          "election safety", "log matching", "leader completeness",
-        "state machine safety", "read safety", "durability", "update contract",
-        "driver error", "liveness"};
+    static const char *const names[SIM_FAIL_KINDS_] = {"ok",
+                                                       "election safety",
+                                                       "log matching",
+                                                       "leader completeness",
+                                                       "state machine safety",
+                                                       "read safety",
+                                                       "durability",
+                                                       "update contract",
+                                                       "driver error",
+                                                       "liveness"};
     return kind >= 0 && kind < SIM_FAIL_KINDS_ ? names[kind] : "?";
 }
 
@@ -112,8 +118,7 @@ int main(int argc, char **argv) {
     }
 
     char extra[96] = "";
-    if (o.steps != DEFAULT_STEPS)
-        snprintf(extra, sizeof(extra), " --steps %" PRIu64, o.steps);
+    if (o.steps != DEFAULT_STEPS) snprintf(extra, sizeof(extra), " --steps %" PRIu64, o.steps);
     if (o.nodes)
         snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), " --nodes %d", o.nodes);
     if (o.profile != SIM_PROFILE_MIXED)
@@ -170,13 +175,16 @@ int main(int argc, char **argv) {
     static const char *const profiles[] = {"mixed", "random", "churn"};
     printf("raft_sim: seeds %" PRIu64 "..%" PRIu64 ", %" PRIu64 " steps each, %s nodes, %s"
            " profile, %.1fs (%.2fms/run)\n",
-           seed, seed + runs - 1, o.steps, o.nodes == 3 ? "3" : o.nodes == 5 ? "5" : "3 and 5",
+           seed, seed + runs - 1, o.steps,
+           o.nodes == 3   ? "3"
+           : o.nodes == 5 ? "5"
+                          : "3 and 5",
            profiles[o.profile], secs, runs ? secs * 1000.0 / (double)runs : 0.0);
     printf("  events %" PRIu64 ", messages %" PRIu64 " (dropped %" PRIu64 ", duplicated %" PRIu64
            "), crashes %" PRIu64 " (%" PRIu64 " inside an update), restarts %" PRIu64
            ", partitions %" PRIu64 "\n",
-           tot.steps, tot.msgs_sent, tot.msgs_dropped, tot.msgs_duped, tot.crashes,
-           tot.traps_fired, tot.restarts, tot.partitions);
+           tot.steps, tot.msgs_sent, tot.msgs_dropped, tot.msgs_duped, tot.crashes, tot.traps_fired,
+           tot.restarts, tot.partitions);
     printf("  leaders elected %" PRIu64 ", proposals %" PRIu64 " (applied %" PRIu64
            "), reads %" PRIu64 " (served %" PRIu64 "), conf changes %" PRIu64 " (applied %" PRIu64
            " times), transfers %" PRIu64 ", snapshots sent %" PRIu64 " (installed %" PRIu64
@@ -188,7 +196,8 @@ int main(int argc, char **argv) {
            " %" PRIu64 " more ticks (worst passing run)\n",
            heal_leader_max, heal_commit_max);
     printf("  leader commits of earlier-term entries by counting: %" PRIu64 " in %" PRIu64
-           " runs\n", tot.old_term_commits, runs_old_term);
+           " runs\n",
+           tot.old_term_commits, runs_old_term);
     if (failed) {
         printf("  failures:");
         for (int k = 1; k < SIM_FAIL_KINDS_; k++)

@@ -171,8 +171,7 @@ static void sort_ids(uint64_t *a, uint32_t n) {
 uint64_t sim_sm_hash(const struct sim_sm *sm) {
     uint64_t v[RAFT_MEMBERS_MAX], l[RAFT_MEMBERS_MAX];
     uint32_t nv = sm->conf.n_voters < RAFT_MEMBERS_MAX ? sm->conf.n_voters : RAFT_MEMBERS_MAX;
-    uint32_t nl =
-        sm->conf.n_learners < RAFT_MEMBERS_MAX ? sm->conf.n_learners : RAFT_MEMBERS_MAX;
+    uint32_t nl = sm->conf.n_learners < RAFT_MEMBERS_MAX ? sm->conf.n_learners : RAFT_MEMBERS_MAX;
     memcpy(v, sm->conf.voters, nv * sizeof(v[0]));
     memcpy(l, sm->conf.learners, nl * sizeof(l[0]));
     sort_ids(v, nv);

@@ -44,10 +44,13 @@
 enum heal_state { HEAL_OFF = 0, HEAL_WAIT_LEADER, HEAL_WAIT_COMMIT, HEAL_DONE };
 
 static const char *msg_name(unsigned t) {
-    static const char *const names[RAFT_MSG_TYPE_COUNT_] = {
-        "PROP", "APP", "APP_RESP", "VOTE", "VOTE_RESP", "PREVOTE", "PREVOTE_RESP",
-        "HEARTBEAT", "HEARTBEAT_RESP", "SNAP", "READ_INDEX", "READ_INDEX_RESP",
-        "TIMEOUT_NOW", "TRANSFER_LEADER"};
+    static const char *const names[RAFT_MSG_TYPE_COUNT_] = {"PROP",           "APP",
+                                                            "APP_RESP",       "VOTE",
+                                                            "VOTE_RESP",      "PREVOTE",
+                                                            "PREVOTE_RESP",   "HEARTBEAT",
+                                                            "HEARTBEAT_RESP", "SNAP",
+                                                            "READ_INDEX",     "READ_INDEX_RESP",
+                                                            "TIMEOUT_NOW",    "TRANSFER_LEADER"};
     return t < RAFT_MSG_TYPE_COUNT_ ? names[t] : "?";
 }
 
@@ -176,8 +179,7 @@ static void start_raft(struct sim_world *w, struct sim_node *n) {
     struct raft_hard_state hs;
     struct raft_conf_state cs;
     if (n->st->initial_state(n->st->data, &hs, &cs) != 0) {
-        sim_fail(w, SIM_FAIL_DRIVER, "memstore initial_state of node %" PRIu64 " failed",
-                 n->id);
+        sim_fail(w, SIM_FAIL_DRIVER, "memstore initial_state of node %" PRIu64 " failed", n->id);
         return;
     }
     if (hs.term != n->hs.term || hs.vote != n->hs.vote || hs.commit != n->hs.commit) {
@@ -189,8 +191,7 @@ static void start_raft(struct sim_world *w, struct sim_node *n) {
     }
     int rc = raft_new(&cfg, &n->r);
     if (rc != 0) {
-        sim_fail(w, SIM_FAIL_DRIVER, "raft_new for node %" PRIu64 ": %s", n->id,
-                 raft_strerror(rc));
+        sim_fail(w, SIM_FAIL_DRIVER, "raft_new for node %" PRIu64 ": %s", n->id, raft_strerror(rc));
         n->r = NULL;
         return;
     }
@@ -235,15 +236,13 @@ static void crash(struct sim_world *w, struct sim_node *n, const char *why) {
      * the healing phase reboots (or powers off) nodes itself. */
     if (!w->healing) {
         uint64_t down = sim_rng_range(&w->rng, SIM_TICK_US, 6 * election_us(w));
-        schedule(w, w->now_us + down, SIM_EV_RESTART, (int)(n - w->nodes), n->incarnation,
-                 NULL);
+        schedule(w, w->now_us + down, SIM_EV_RESTART, (int)(n - w->nodes), n->incarnation, NULL);
     }
 }
 
 static void restart(struct sim_world *w, struct sim_node *n) {
     if (n->up || w->fail_kind) return;
-    TRACE(w, "n%" PRIu64 " RESTART from disk: applied %" PRIu64 " term %" PRIu64
-             " commit %" PRIu64,
+    TRACE(w, "n%" PRIu64 " RESTART from disk: applied %" PRIu64 " term %" PRIu64 " commit %" PRIu64,
           n->id, n->persisted.applied, n->hs.term, n->hs.commit);
     w->stats.restarts++;
     start_raft(w, n);
@@ -270,8 +269,8 @@ static void compact(struct sim_world *w, struct sim_node *n) {
     image_encode(&n->sm, img);
     int rc = raft_memstore_create_snapshot(n->ms, applied, &n->sm.conf, img, sizeof(img));
     if (rc != 0) {
-        sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " create_snapshot at %" PRIu64 ": %s",
-                 n->id, applied, raft_strerror(rc));
+        sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " create_snapshot at %" PRIu64 ": %s", n->id,
+                 applied, raft_strerror(rc));
         return;
     }
     uint64_t keep = sim_rng_below(&w->rng, w->p.compact_keep_max + 1);
@@ -281,14 +280,13 @@ static void compact(struct sim_world *w, struct sim_node *n) {
     if (upto >= first) {
         rc = raft_memstore_compact(n->ms, upto);
         if (rc != 0) {
-            sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " compact to %" PRIu64 ": %s", n->id,
-                     upto, raft_strerror(rc));
+            sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " compact to %" PRIu64 ": %s", n->id, upto,
+                     raft_strerror(rc));
             return;
         }
     }
     w->stats.compactions++;
-    TRACE(w, "n%" PRIu64 " snapshot at %" PRIu64 ", compacted to %" PRIu64, n->id, applied,
-          upto);
+    TRACE(w, "n%" PRIu64 " snapshot at %" PRIu64 ", compacted to %" PRIu64, n->id, applied, upto);
 }
 
 /* ---- network ---- */
@@ -308,8 +306,8 @@ static void send_one(struct sim_world *w, struct sim_node *n, const struct raft_
     }
     struct sim_node *to = node_by_id(w, m->to);
     if (!to || m->to == n->id) {
-        sim_fail(w, SIM_FAIL_CONTRACT, "node %" PRIu64 " sends %s to unknown node %" PRIu64,
-                 n->id, msg_name(m->type), m->to);
+        sim_fail(w, SIM_FAIL_CONTRACT, "node %" PRIu64 " sends %s to unknown node %" PRIu64, n->id,
+                 msg_name(m->type), m->to);
         return;
     }
     size_t cap = raft_encoded_size(m), len = 0;
@@ -317,14 +315,14 @@ static void send_one(struct sim_world *w, struct sim_node *n, const struct raft_
     int rc = raft_encode(m, buf, cap, &len);
     if (rc != 0) {
         free(buf);
-        sim_fail(w, SIM_FAIL_DRIVER, "raft_encode of %s: %s", msg_name(m->type),
-                 raft_strerror(rc));
+        sim_fail(w, SIM_FAIL_DRIVER, "raft_encode of %s: %s", msg_name(m->type), raft_strerror(rc));
         return;
     }
     w->stats.msgs_sent++;
     if (m->type == RAFT_MSG_SNAP) w->stats.snaps_sent++;
-    TRACE(w, "n%" PRIu64 " -> n%" PRIu64 " %s term %" PRIu64 " idx %" PRIu64 " logterm %" PRIu64
-             " n %" PRIu32 " commit %" PRIu64 "%s",
+    TRACE(w,
+          "n%" PRIu64 " -> n%" PRIu64 " %s term %" PRIu64 " idx %" PRIu64 " logterm %" PRIu64
+          " n %" PRIu32 " commit %" PRIu64 "%s",
           m->from, m->to, msg_name(m->type), m->term, m->index, m->log_term, m->n_entries,
           m->commit, m->reject ? " REJECT" : "");
     int copies = 1;
@@ -340,8 +338,7 @@ static void send_one(struct sim_world *w, struct sim_node *n, const struct raft_
             note->to = m->to;
             note->from_inc = n->incarnation;
             note->type = m->type;
-            schedule(w, w->now_us + draw_delay(w), SIM_EV_SNAP_DONE, (int)(n - w->nodes), 0,
-                     note);
+            schedule(w, w->now_us + draw_delay(w), SIM_EV_SNAP_DONE, (int)(n - w->nodes), 0, note);
         }
         free(buf);
         return;
@@ -384,8 +381,8 @@ static void deliver(struct sim_world *w, struct sim_msg *m) {
     bool cut = w->cut[from - w->nodes][to - w->nodes];
     if (!to->up || cut) {
         w->stats.msgs_dropped++;
-        TRACE(w, "n%" PRIu64 " -> n%" PRIu64 " %s dropped (%s)", m->from, m->to,
-              msg_name(m->type), cut ? "partition" : "node down");
+        TRACE(w, "n%" PRIu64 " -> n%" PRIu64 " %s dropped (%s)", m->from, m->to, msg_name(m->type),
+              cut ? "partition" : "node down");
         if (m->type == RAFT_MSG_SNAP) snap_report(w, m, false);
         /* A transport that cannot connect says so, sometimes. */
         if (from->up && from->incarnation == m->from_inc && sim_rng_ppm(&w->rng, 300000)) {
@@ -423,8 +420,9 @@ static void serve_read(struct sim_world *w, struct sim_node *n, uint32_t id, uin
     rd->served = true;
     const struct sim_kv *kv = &n->sm.kv[rd->key];
     w->stats.reads_served++;
-    TRACE(w, "n%" PRIu64 " serves read %" PRIu32 " key %u = %" PRIu64 " (written at %" PRIu64
-             ", applied %" PRIu64 ", read index %" PRIu64 ")",
+    TRACE(w,
+          "n%" PRIu64 " serves read %" PRIu32 " key %u = %" PRIu64 " (written at %" PRIu64
+          ", applied %" PRIu64 ", read index %" PRIu64 ")",
           n->id, id, rd->key, kv->value, kv->windex, n->sm.applied, index);
     if (kv->windex < rd->min_windex) {
         sim_fail(w, SIM_FAIL_READ_SAFETY,
@@ -432,14 +430,15 @@ static void serve_read(struct sim_world *w, struct sim_node *n, uint32_t id, uin
                  "the write at index %" PRIu64 " but the write at index %" PRIu64
                  " was acknowledged before the read was requested (read index %" PRIu64
                  ", applied %" PRIu64 ")",
-                 id, rd->key, n->id, (double)rd->requested_us / 1000.0, kv->windex,
-                 rd->min_windex, index, n->sm.applied);
+                 id, rd->key, n->id, (double)rd->requested_us / 1000.0, kv->windex, rd->min_windex,
+                 index, n->sm.applied);
         return;
     }
     if (n->sm.applied < rd->min_applied) {
         sim_fail(w, SIM_FAIL_READ_SAFETY,
-                 "read %" PRIu32 " on node %" PRIu64 " (requested at %.3fms) served at applied %"
-                 PRIu64 " (read index %" PRIu64 ") but the write at index %" PRIu64
+                 "read %" PRIu32 " on node %" PRIu64
+                 " (requested at %.3fms) served at applied %" PRIu64 " (read index %" PRIu64
+                 ") but the write at index %" PRIu64
                  " was acknowledged before the read was requested",
                  id, n->id, (double)rd->requested_us / 1000.0, n->sm.applied, index,
                  rd->min_applied);
@@ -470,8 +469,7 @@ static void read_states(struct sim_world *w, struct sim_node *n, const struct ra
                  (uint32_t)ctx[4] << 24;
         if (id == 0 || id >= w->next_read) {
             sim_fail(w, SIM_FAIL_CONTRACT,
-                     "node %" PRIu64 " got a read_state with a context nobody asked for",
-                     n->id);
+                     "node %" PRIu64 " got a read_state with a context nobody asked for", n->id);
             return;
         }
         if (w->reads[id].node != n->id) {
@@ -505,8 +503,7 @@ static bool apply_committed(struct sim_world *w, struct sim_node *n, const struc
         const struct raft_entry *e = &u->committed[i];
         if (e->index != n->sm.applied + 1) {
             sim_fail(w, SIM_FAIL_CONTRACT,
-                     "node %" PRIu64 " is told to apply index %" PRIu64 " after applying %"
-                     PRIu64,
+                     "node %" PRIu64 " is told to apply index %" PRIu64 " after applying %" PRIu64,
                      n->id, e->index, n->sm.applied);
             return false;
         }
@@ -550,8 +547,9 @@ static bool apply_committed(struct sim_world *w, struct sim_node *n, const struc
             }
             n->sm.conf = cs;
             w->stats.conf_changes_applied++;
-            TRACE(w, "n%" PRIu64 " applies conf change %u node %" PRIu64 " at %" PRIu64
-                     " -> %u voters %u learners (%s)",
+            TRACE(w,
+                  "n%" PRIu64 " applies conf change %u node %" PRIu64 " at %" PRIu64
+                  " -> %u voters %u learners (%s)",
                   n->id, cc.type, cc.node_id, e->index, cs.n_voters, cs.n_learners,
                   rc ? raft_strerror(rc) : "ok");
         } else if (e->type == RAFT_ENTRY_NORMAL && e->data.len > 0) {
@@ -575,8 +573,8 @@ static bool apply_committed(struct sim_world *w, struct sim_node *n, const struc
                 }
             }
         } else if (e->type != RAFT_ENTRY_NORMAL) {
-            sim_fail(w, SIM_FAIL_SM_SAFETY, "entry of unknown type %u at index %" PRIu64,
-                     e->type, e->index);
+            sim_fail(w, SIM_FAIL_SM_SAFETY, "entry of unknown type %u at index %" PRIu64, e->type,
+                     e->index);
             return false;
         }
         n->sm.applied = e->index;
@@ -629,14 +627,12 @@ static bool persist(struct sim_world *w, struct sim_node *n, const struct raft_u
         if (w->fail_kind) return false;
         int rc = raft_memstore_append(n->ms, u->entries, u->n_entries);
         if (rc != 0) {
-            sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " append at %" PRIu64 ": %s", n->id,
-                     first, raft_strerror(rc));
+            sim_fail(w, SIM_FAIL_DRIVER, "node %" PRIu64 " append at %" PRIu64 ": %s", n->id, first,
+                     raft_strerror(rc));
             return false;
         }
-        TRACE(w, "n%" PRIu64 " persists entries %" PRIu64 "..%" PRIu64 " (last term %" PRIu64
-                 ")",
-              n->id, first, u->entries[u->n_entries - 1].index,
-              u->entries[u->n_entries - 1].term);
+        TRACE(w, "n%" PRIu64 " persists entries %" PRIu64 "..%" PRIu64 " (last term %" PRIu64 ")",
+              n->id, first, u->entries[u->n_entries - 1].index, u->entries[u->n_entries - 1].term);
     }
     if (u->has_hard_state) {
         const struct raft_hard_state *hs = &u->hard_state;
@@ -744,8 +740,8 @@ static void process(struct sim_world *w, struct sim_node *n) {
                                                      u.hard_state.vote != n->hs.vote);
             if (u.n_entries > 0 || vote_changed) {
                 sim_fail(w, SIM_FAIL_CONTRACT,
-                         "node %" PRIu64 " update has %zu entries%s but must_sync is false",
-                         n->id, u.n_entries, vote_changed ? " and a new term/vote" : "");
+                         "node %" PRIu64 " update has %zu entries%s but must_sync is false", n->id,
+                         u.n_entries, vote_changed ? " and a new term/vote" : "");
                 return;
             }
         }
@@ -811,8 +807,7 @@ static uint64_t propose_value(struct sim_world *w, struct sim_node *n, uint8_t k
                               uint64_t value) {
     if (value == 0) {
         value = w->next_value++;
-        sim_reserve((void **)&w->props, &w->props_cap, (size_t)w->next_value,
-                    sizeof(*w->props));
+        sim_reserve((void **)&w->props, &w->props_cap, (size_t)w->next_value, sizeof(*w->props));
         w->props[value].key = key;
         w->props[value].proposer = n->id;
         w->props[value].proposed_us = w->now_us;
@@ -835,21 +830,20 @@ static void client(struct sim_world *w) {
         uint8_t key = (uint8_t)sim_rng_below(&w->rng, SIM_KEYS);
         if (sim_rng_ppm(&w->rng, w->p.read_ppm)) {
             uint32_t id = w->next_read++;
-            sim_reserve((void **)&w->reads, &w->reads_cap, (size_t)w->next_read,
-                        sizeof(*w->reads));
+            sim_reserve((void **)&w->reads, &w->reads_cap, (size_t)w->next_read, sizeof(*w->reads));
             struct sim_read *rd = &w->reads[id];
             rd->node = n->id;
             rd->key = key;
             rd->requested_us = w->now_us;
             rd->min_windex = w->chk.ack_windex[key];
             rd->min_applied = w->chk.ack_max;
-            unsigned char ctx[READ_CTX_LEN] = {'R', (unsigned char)id,
-                                               (unsigned char)(id >> 8),
+            unsigned char ctx[READ_CTX_LEN] = {'R', (unsigned char)id, (unsigned char)(id >> 8),
                                                (unsigned char)(id >> 16),
                                                (unsigned char)(id >> 24)};
             int rc = raft_read_index(n->r, ctx, sizeof(ctx));
-            TRACE(w, "n%" PRIu64 " read %" PRIu32 " key %u (acked: key %" PRIu64 ", any %" PRIu64
-                     "): %s",
+            TRACE(w,
+                  "n%" PRIu64 " read %" PRIu32 " key %u (acked: key %" PRIu64 ", any %" PRIu64
+                  "): %s",
                   n->id, id, key, rd->min_windex, rd->min_applied, rc ? raft_strerror(rc) : "ok");
             if (rc != 0) rd->served = true; /* the client gives up */
             w->stats.reads++;
@@ -973,9 +967,8 @@ static void transfer(struct sim_world *w) {
 static void nemesis(struct sim_world *w) {
     if (w->healing) return;
     const struct sim_params *p = &w->p;
-    uint32_t weights[] = {p->w_crash,  p->w_trap,    p->w_partition,   p->w_heal,
-                          p->w_member, p->w_transfer, p->w_weather,    p->w_restart_all,
-                          p->w_churn};
+    uint32_t weights[] = {p->w_crash,    p->w_trap,    p->w_partition,   p->w_heal, p->w_member,
+                          p->w_transfer, p->w_weather, p->w_restart_all, p->w_churn};
     uint32_t total = 0;
     for (size_t i = 0; i < sizeof(weights) / sizeof(weights[0]); i++) total += weights[i];
     uint64_t r = total ? sim_rng_below(&w->rng, total) : 0;
@@ -1015,8 +1008,7 @@ static void nemesis(struct sim_world *w) {
     case 6: { /* network weather */
         static const uint32_t loss[] = {0, 0, 20000, 100000, 300000};
         static const uint32_t dup[] = {0, 0, 20000, 100000};
-        w->loss_ppm = sim_rng_ppm(&w->rng, 500000) ? p->loss_ppm
-                                                   : loss[sim_rng_below(&w->rng, 5)];
+        w->loss_ppm = sim_rng_ppm(&w->rng, 500000) ? p->loss_ppm : loss[sim_rng_below(&w->rng, 5)];
         w->dup_ppm = sim_rng_ppm(&w->rng, 500000) ? p->dup_ppm : dup[sim_rng_below(&w->rng, 4)];
         TRACE(w, "weather: loss %" PRIu32 " ppm, dup %" PRIu32 " ppm", w->loss_ppm, w->dup_ppm);
         break;
@@ -1113,8 +1105,8 @@ static void describe_nodes(struct sim_world *w, char *lag, size_t cap) {
             off += (size_t)snprintf(lag + off, cap - off, "%s%" PRIu64, v ? "," : " ",
                                     n->sm.conf.voters[v]);
         for (uint32_t v = 0; v < n->sm.conf.n_learners && off < cap - 24; v++)
-            off += (size_t)snprintf(lag + off, cap - off, "%s%" PRIu64,
-                                    v ? "," : " learners ", n->sm.conf.learners[v]);
+            off += (size_t)snprintf(lag + off, cap - off, "%s%" PRIu64, v ? "," : " learners ",
+                                    n->sm.conf.learners[v]);
         off += (size_t)snprintf(lag + off, cap - off, ";");
     }
 }
@@ -1286,14 +1278,15 @@ static void world_init(struct sim_world *w, uint64_t seed, const struct sim_run_
             sim_fail(w, SIM_FAIL_DRIVER, "memstore set_conf_state failed");
     }
     TRACE(w,
-          "seed %" PRIu64 ": %s profile, %d nodes%s, election %u heartbeat %u, pre_vote %d check_quorum %d"
+          "seed %" PRIu64
+          ": %s profile, %d nodes%s, election %u heartbeat %u, pre_vote %d check_quorum %d"
           " no_forwarding %d, msg bytes %" PRIu64 " inflight %u committed bytes %" PRIu64
           ", loss %" PRIu32 " dup %" PRIu32 " long %" PRIu32 " ppm, delay %" PRIu64 "..%" PRIu64
           "us",
-          seed, w->p.churn ? "churn" : "random", w->p.n_nodes, w->p.spare ? " + spare" : "", w->p.election_tick,
-          w->p.heartbeat_tick, w->p.pre_vote, w->p.check_quorum, w->p.no_forwarding,
-          w->p.max_size_per_msg, w->p.max_inflight, w->p.max_committed_size, w->p.loss_ppm,
-          w->p.dup_ppm, w->p.long_delay_ppm, w->p.delay_min_us, w->p.delay_max_us);
+          seed, w->p.churn ? "churn" : "random", w->p.n_nodes, w->p.spare ? " + spare" : "",
+          w->p.election_tick, w->p.heartbeat_tick, w->p.pre_vote, w->p.check_quorum,
+          w->p.no_forwarding, w->p.max_size_per_msg, w->p.max_inflight, w->p.max_committed_size,
+          w->p.loss_ppm, w->p.dup_ppm, w->p.long_delay_ppm, w->p.delay_min_us, w->p.delay_max_us);
     for (int i = 0; i < w->n_univ && !w->fail_kind; i++) {
         start_raft(w, &w->nodes[i]);
         schedule(w, w->now_us + gap(w, w->p.compact_gap_us), SIM_EV_COMPACT, i, 0, NULL);

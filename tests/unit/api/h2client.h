@@ -33,17 +33,17 @@ struct h2c_stream {
     int32_t id;
     int http_status;
     char content_type[64];
-    int grpc_status;            /* -1 until seen */
+    int grpc_status; /* -1 until seen */
     char grpc_message[API__GRPC_MESSAGE_ENCODED_MAX];
-    uint8_t *data;              /* response DATA bytes (gRPC frames) */
+    uint8_t *data; /* response DATA bytes (gRPC frames) */
     size_t len, cap;
-    size_t consumed;            /* bytes given back to flow control */
+    size_t consumed; /* bytes given back to flow control */
     bool closed;
-    uint32_t close_code;        /* error code of the stream's end */
+    uint32_t close_code; /* error code of the stream's end */
     /* Request body, sent by a data provider. */
     uint8_t *body;
     size_t body_len, body_off, body_cap;
-    bool body_end;              /* END_STREAM after the body */
+    bool body_end; /* END_STREAM after the body */
 };
 
 struct h2c {
@@ -51,9 +51,9 @@ struct h2c {
     nghttp2_session *s;
     struct h2c_stream *streams[H2C_STREAMS_MAX];
     int n_streams;
-    bool eof;                   /* the server closed the socket */
+    bool eof; /* the server closed the socket */
     bool goaway;
-    bool manual_window;         /* the test gives window back itself */
+    bool manual_window; /* the test gives window back itself */
 };
 
 static inline struct h2c_stream *h2c__find(struct h2c *c, int32_t id) {
@@ -63,7 +63,7 @@ static inline struct h2c_stream *h2c__find(struct h2c *c, int32_t id) {
 }
 
 static inline ssize_t h2c__body_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
-                              uint32_t *flags, nghttp2_data_source *src, void *user) {
+                                     uint32_t *flags, nghttp2_data_source *src, void *user) {
     (void)s;
     (void)id;
     (void)user;
@@ -82,8 +82,8 @@ static inline ssize_t h2c__body_read(nghttp2_session *s, int32_t id, uint8_t *bu
 }
 
 static inline int h2c__on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
-                          size_t nl, const uint8_t *value, size_t vl, uint8_t flags,
-                          void *user) {
+                                 size_t nl, const uint8_t *value, size_t vl, uint8_t flags,
+                                 void *user) {
     (void)s;
     (void)flags;
     struct h2c_stream *st = h2c__find(user, f->hd.stream_id);
@@ -102,7 +102,7 @@ static inline int h2c__on_header(nghttp2_session *s, const nghttp2_frame *f, con
 }
 
 static inline int h2c__on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
-                        size_t len, void *user) {
+                               size_t len, void *user) {
     (void)s;
     (void)flags;
     struct h2c_stream *st = h2c__find(user, id);
@@ -135,7 +135,8 @@ static inline int h2c__on_frame(nghttp2_session *s, const nghttp2_frame *f, void
 }
 
 /* Connects to 127.0.0.1:port. initial_window 0: nghttp2's default. */
-static inline int h2c_connect(struct h2c *c, int port, bool manual_window, uint32_t initial_window) {
+static inline int h2c_connect(struct h2c *c, int port, bool manual_window,
+                              uint32_t initial_window) {
     memset(c, 0, sizeof(*c));
     c->manual_window = manual_window;
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -206,8 +207,8 @@ static inline int h2c_pump(struct h2c *c, int timeout_ms) {
 
 /* Opens a stream: POST path with content-type ct (NULL: application/grpc)
  * and `body` (copied); end: END_STREAM after it. Returns the stream id. */
-static inline int32_t h2c_open(struct h2c *c, struct h2c_stream *st, const char *path, const char *ct,
-                        const uint8_t *body, size_t len, bool end) {
+static inline int32_t h2c_open(struct h2c *c, struct h2c_stream *st, const char *path,
+                               const char *ct, const uint8_t *body, size_t len, bool end) {
     memset(st, 0, sizeof(*st));
     st->grpc_status = -1;
     st->body_cap = len ? len : 1;
@@ -231,7 +232,8 @@ static inline int32_t h2c_open(struct h2c *c, struct h2c_stream *st, const char 
 }
 
 /* Appends request bytes to an open stream (end: then END_STREAM). */
-static inline void h2c_send(struct h2c *c, struct h2c_stream *st, const uint8_t *p, size_t n, bool end) {
+static inline void h2c_send(struct h2c *c, struct h2c_stream *st, const uint8_t *p, size_t n,
+                            bool end) {
     if (st->body_len + n > st->body_cap) {
         while (st->body_cap < st->body_len + n) st->body_cap *= 2;
         st->body = realloc(st->body, st->body_cap);
@@ -292,8 +294,8 @@ static inline const uint8_t *grpc_nth_msg(const uint8_t *p, size_t len, int i, s
     size_t off = 0;
     for (int k = 0;; k++) {
         if (len - off < 5 || p[off] != 0) return NULL;
-        size_t n = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 |
-                   (size_t)p[off + 3] << 8 | p[off + 4];
+        size_t n = (size_t)p[off + 1] << 24 | (size_t)p[off + 2] << 16 | (size_t)p[off + 3] << 8 |
+                   p[off + 4];
         if (len - off - 5 < n) return NULL;
         if (k == i) {
             *out_len = n;

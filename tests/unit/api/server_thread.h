@@ -27,7 +27,7 @@ struct srv_thread {
     struct api_options opts;
     struct api_backend be;
     struct api_server *server;
-    int rc;          /* api_server_new() result */
+    int rc; /* api_server_new() result */
     int port;
     bool ready;
     bool server_closed;
@@ -79,7 +79,7 @@ static inline void srv__main(void *arg) {
 
 /* Starts the server thread; returns api_server_new()'s result. */
 static inline int srv_start(struct srv_thread *t, const struct api_options *o,
-                     const struct api_backend *be) {
+                            const struct api_backend *be) {
     memset(t, 0, sizeof(*t));
     t->opts = *o;
     t->be = *be;
@@ -98,7 +98,8 @@ static inline int srv_start(struct srv_thread *t, const struct api_options *o,
 }
 
 /* Runs fn(t, arg) on the loop thread and waits until it returned. */
-static inline void srv_call(struct srv_thread *t, void (*fn)(struct srv_thread *, void *), void *arg) {
+static inline void srv_call(struct srv_thread *t, void (*fn)(struct srv_thread *, void *),
+                            void *arg) {
     uv_mutex_lock(&t->mu);
     t->fn = fn;
     t->arg = arg;

@@ -58,8 +58,8 @@ struct mem {
     struct watcher w[WATCHERS_MAX];
     int n_w;
     int64_t next_watch_id;
-    atomic_int watchers;      /* created so far, read by the test thread */
-    atomic_int pending_puts;  /* puts waiting for their timer */
+    atomic_int watchers;     /* created so far, read by the test thread */
+    atomic_int pending_puts; /* puts waiting for their timer */
 };
 
 static struct mem M;
@@ -139,8 +139,8 @@ static void notify(const struct kv *k, int type) {
     }
 }
 
-static void do_put(const ProtobufCBinaryData *key, const ProtobufCBinaryData *val,
-                   int64_t lease, int64_t rev, Mvccpb__KeyValue *prev, bool *had_prev) {
+static void do_put(const ProtobufCBinaryData *key, const ProtobufCBinaryData *val, int64_t lease,
+                   int64_t rev, Mvccpb__KeyValue *prev, bool *had_prev) {
     bool found;
     int i = find(key->data, key->len, &found);
     *had_prev = found;
@@ -321,7 +321,8 @@ static bool compare(const Etcdserverpb__Compare *c) {
         r = (k ? k->version : 0) < c->version ? -1 : (k ? k->version : 0) > c->version;
         break;
     case ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE:
-        r = (k ? k->create : 0) < c->create_revision ? -1 : (k ? k->create : 0) > c->create_revision;
+        r = (k ? k->create : 0) < c->create_revision ? -1
+                                                     : (k ? k->create : 0) > c->create_revision;
         break;
     case ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD:
         r = (k ? k->mod : 0) < c->mod_revision ? -1 : (k ? k->mod : 0) > c->mod_revision;
@@ -717,11 +718,11 @@ static int etcdctl(struct proc *p, const char *input, const char *const *args) {
 #define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 /* Asserts an etcdctl run succeeded and printed exactly `want`. */
-#define EXPECT_OUT(p, rc, want)                                                        \
-    do {                                                                               \
-        if ((rc) != 0) printf("  etcdctl stderr: %s\n", (p)->err);                    \
-        ASSERT_EQ((rc), 0);                                                            \
-        ASSERT_STR_EQ((p)->out, (want));                                               \
+#define EXPECT_OUT(p, rc, want)                                                                    \
+    do {                                                                                           \
+        if ((rc) != 0) printf("  etcdctl stderr: %s\n", (p)->err);                                 \
+        ASSERT_EQ((rc), 0);                                                                        \
+        ASSERT_STR_EQ((p)->out, (want));                                                           \
     } while (0)
 
 /* ---- tests --------------------------------------------------------------------- */
@@ -780,13 +781,11 @@ TEST(etcdctl_put_get_del_prefix) {
 static void txn_body(void) {
     int rc = etcdctl(&P, NULL, ARGS("put", "foo", "bar"));
     EXPECT_OUT(&P, rc, "OK\n");
-    rc = etcdctl(&P, "value(\"foo\") = \"bar\"\n\nput foo baz\n\nput foo nope\n\n",
-                 ARGS("txn"));
+    rc = etcdctl(&P, "value(\"foo\") = \"bar\"\n\nput foo baz\n\nput foo nope\n\n", ARGS("txn"));
     EXPECT_OUT(&P, rc, "SUCCESS\n\nOK\n");
     rc = etcdctl(&P, NULL, ARGS("get", "foo", "--print-value-only"));
     EXPECT_OUT(&P, rc, "baz\n");
-    rc = etcdctl(&P, "value(\"foo\") = \"bar\"\n\nput foo again\n\nput foo nope\n\n",
-                 ARGS("txn"));
+    rc = etcdctl(&P, "value(\"foo\") = \"bar\"\n\nput foo again\n\nput foo nope\n\n", ARGS("txn"));
     EXPECT_OUT(&P, rc, "FAILURE\n\nOK\n");
     rc = etcdctl(&P, NULL, ARGS("get", "foo", "--print-value-only"));
     EXPECT_OUT(&P, rc, "nope\n");
@@ -1012,8 +1011,8 @@ TEST(grpcio_client_interop) {
         dup2(out[1], 2);
         close(in[1]);
         close(out[0]);
-        execl("/usr/bin/timeout", "timeout", "-s", "KILL", "60", "/usr/bin/python3", "-",
-              target, (char *)NULL);
+        execl("/usr/bin/timeout", "timeout", "-s", "KILL", "60", "/usr/bin/python3", "-", target,
+              (char *)NULL);
         _exit(127);
     }
     setpgid(pid, pid);

@@ -339,11 +339,11 @@ TEST(proto_check_bounds_nesting) {
 
 TEST(proto_check_rejects_malformed_wire) {
     const ProtobufCMessageDescriptor *d = &etcdserverpb__range_request__descriptor;
-    static const uint8_t trunc_varint[] = {0x18, 0x80};       /* limit = unterminated */
-    static const uint8_t long_len[] = {0x0a, 0x05, 'a'};      /* key claims 5 bytes */
-    static const uint8_t group[] = {0x0b, 0x0c};              /* start group */
-    static const uint8_t field0[] = {0x02, 0x00};             /* field number 0 */
-    static const uint8_t fixed_short[] = {0x09, 1, 2, 3};     /* 64-bit, 3 bytes */
+    static const uint8_t trunc_varint[] = {0x18, 0x80};   /* limit = unterminated */
+    static const uint8_t long_len[] = {0x0a, 0x05, 'a'};  /* key claims 5 bytes */
+    static const uint8_t group[] = {0x0b, 0x0c};          /* start group */
+    static const uint8_t field0[] = {0x02, 0x00};         /* field number 0 */
+    static const uint8_t fixed_short[] = {0x09, 1, 2, 3}; /* 64-bit, 3 bytes */
     static const uint8_t unknown_len[] = {0xfa, 0x01, 0x02, 'x', 'y', 0x18, 0x05};
     ASSERT_EQ(api__proto_check(d, trunc_varint, sizeof(trunc_varint), 10), API_EMALFORMED);
     ASSERT_EQ(api__proto_check(d, long_len, sizeof(long_len), 10), API_EMALFORMED);

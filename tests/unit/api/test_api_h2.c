@@ -28,9 +28,9 @@
 
 struct fake {
     struct srv_thread *t;
-    struct api_call *held[HELD_MAX];   /* member_list calls not answered yet */
+    struct api_call *held[HELD_MAX]; /* member_list calls not answered yet */
     int n_held;
-    size_t big_len;                    /* Range "big" returns a value this long */
+    size_t big_len; /* Range "big" returns a value this long */
     struct api_stream *snap;
     size_t snap_total, snap_sent;
     atomic_int watch_opened, watch_half_closed, watch_cancelled;
@@ -410,14 +410,12 @@ static void check_malformed(int port) {
     size_t len;
     uint8_t *good = range_req("k", &len);
     /* Wrong content type: HTTP 415. */
-    ASSERT_EQ(unary(port, &st, "/etcdserverpb.KV/Range", "application/json", good, len, true),
-              0);
+    ASSERT_EQ(unary(port, &st, "/etcdserverpb.KV/Range", "application/json", good, len, true), 0);
     ASSERT_EQ(st.http_status, 415);
     ASSERT_EQ(st.grpc_status, API_GRPC_INTERNAL);
     h2c_stream_free(&st);
     /* application/grpc+proto is gRPC. */
-    ASSERT_EQ(unary(port, &st, "/etcdserverpb.KV/Range", "application/grpc+proto", good, len,
-                    true),
+    ASSERT_EQ(unary(port, &st, "/etcdserverpb.KV/Range", "application/grpc+proto", good, len, true),
               0);
     ASSERT_EQ(st.grpc_status, 0);
     h2c_stream_free(&st);
@@ -463,8 +461,7 @@ static void check_two_messages(struct srv_thread *t) {
     memcpy(two, one, len);
     memcpy(two + len, one, len);
     struct h2c_stream st;
-    ASSERT_EQ(unary(t->port, &st, "/etcdserverpb.Cluster/MemberList", NULL, two, 2 * len, true),
-              0);
+    ASSERT_EQ(unary(t->port, &st, "/etcdserverpb.Cluster/MemberList", NULL, two, 2 * len, true), 0);
     free(one);
     ASSERT_EQ(st.grpc_status, API_GRPC_INTERNAL);
     h2c_stream_free(&st);
@@ -635,8 +632,7 @@ static void check_watch(void) {
     size_t n;
     const uint8_t *m = NULL;
     long long end = now_ms() + WAIT_MS;
-    while ((m = grpc_nth_msg(st.data, st.len, 0, &n)) == NULL && now_ms() < end)
-        h2c_pump(&c, 50);
+    while ((m = grpc_nth_msg(st.data, st.len, 0, &n)) == NULL && now_ms() < end) h2c_pump(&c, 50);
     ASSERT(m != NULL);
     Etcdserverpb__WatchResponse *wr = etcdserverpb__watch_response__unpack(NULL, n, m);
     ASSERT(wr != NULL);
@@ -650,8 +646,7 @@ static void check_watch(void) {
     h2c_send(&c, &st, body, len, false);
     free(body);
     end = now_ms() + WAIT_MS;
-    while ((m = grpc_nth_msg(st.data, st.len, 1, &n)) == NULL && now_ms() < end)
-        h2c_pump(&c, 50);
+    while ((m = grpc_nth_msg(st.data, st.len, 1, &n)) == NULL && now_ms() < end) h2c_pump(&c, 50);
     ASSERT(m != NULL);
     /* Client cancels: the backend is told. */
     nghttp2_submit_rst_stream(c.s, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_CANCEL);
@@ -947,8 +942,8 @@ TEST(listen_url_errors) {
     struct srv_thread t;
     struct api_backend be = fake_backend();
     static const char *const bad[] = {
-        "127.0.0.1:2379", "ftp://127.0.0.1:1", "http://127.0.0.1", "http://127.0.0.1:99999",
-        "http://[::1:0", "http://example.com:0", "https://127.0.0.1:0", "",
+        "127.0.0.1:2379", "ftp://127.0.0.1:1",    "http://127.0.0.1",    "http://127.0.0.1:99999",
+        "http://[::1:0",  "http://example.com:0", "https://127.0.0.1:0", "",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct api_options o = {.listen_client_urls = bad[i]};

@@ -32,7 +32,8 @@ TEST(parse_request_heads) {
     ASSERT(r.has_length);
     ASSERT_EQ(r.content_length, 12u);
     ASSERT(parse("POST http://h:1/v3/kv/range HTTP/1.1\r\nConnection: keep-alive, close\r\n"
-                 "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n", &r) > 0);
+                 "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+                 &r) > 0);
     ASSERT(!r.keep_alive);
     ASSERT(r.chunked);
     ASSERT(r.expect_continue);
@@ -191,11 +192,11 @@ static char *roundtrip(const ProtobufCMessageDescriptor *d, const char *json) {
     return s;
 }
 
-#define RT(desc, in, want)                                                              \
-    do {                                                                                \
-        char *got_ = roundtrip(&desc, in);                                              \
-        ASSERT_STR_EQ(got_, want);                                                      \
-        free(got_);                                                                     \
+#define RT(desc, in, want)                                                                         \
+    do {                                                                                           \
+        char *got_ = roundtrip(&desc, in);                                                         \
+        ASSERT_STR_EQ(got_, want);                                                                 \
+        free(got_);                                                                                \
     } while (0)
 
 TEST(json_decode_round_trips) {
@@ -231,8 +232,7 @@ TEST(json_decode_errors_in_go_words) {
     RT(*rr, "{\"key\":tru}", "ERR invalid character '}' in literal true (expecting 'e')");
     RT(*rr, "{\"key\":1}", "ERR json: cannot unmarshal number into Go value of type []uint8");
     RT(*rr, "{\"limit\":\"abc\"}", "ERR invalid character 'a' looking for beginning of value");
-    RT(*rr, "{\"limit\":1.5}",
-       "ERR json: cannot unmarshal number 1.5 into Go value of type int64");
+    RT(*rr, "{\"limit\":1.5}", "ERR json: cannot unmarshal number 1.5 into Go value of type int64");
     RT(*rr, "{\"limit\":99999999999999999999}",
        "ERR json: cannot unmarshal number 99999999999999999999 into Go value of type int64");
     RT(*rr, "{\"keys_only\":\"true\"}",
@@ -329,14 +329,17 @@ TEST(conn_routes_and_keep_alive) {
     ASSERT(strstr(f.out, "HTTP/1.1 503 ") == f.out);
     ASSERT(strstr(f.out, "{\"health\":\"false\"}\n") != NULL);
     ASSERT_EQ(fx_send(&f, "POST /v3/kv/range HTTP/1.1\r\nContent-Length: 14\r\n\r\n"
-                          "{\"key\":\"YWI=\"}"), 0);
+                          "{\"key\":\"YWI=\"}"),
+              0);
     ASSERT(strstr(f.out, "\r\n\r\n{\"count\":\"2\"}") != NULL);
     ASSERT_EQ(fx_send(&f, "POST /v3beta/kv/range HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          "3\r\n{\"k\r\nb\r\ney\":\"YWJj\"}\r\n0\r\n\r\n"), 0);
+                          "3\r\n{\"k\r\nb\r\ney\":\"YWJj\"}\r\n0\r\n\r\n"),
+              0);
     ASSERT(strstr(f.out, "{\"count\":\"3\"}") != NULL);
     ASSERT_EQ(fx_send(&f, "POST /v3/kv/range HTTP/1.1\r\nContent-Length: 8\r\n\r\n{\"key\":1"), 0);
     ASSERT(strstr(f.out, "HTTP/1.1 400 Bad Request") == f.out);
-    ASSERT(strstr(f.out, "{\"error\":\"unexpected EOF\",\"message\":\"unexpected EOF\",\"code\":3}"));
+    ASSERT(
+        strstr(f.out, "{\"error\":\"unexpected EOF\",\"message\":\"unexpected EOF\",\"code\":3}"));
     ASSERT_EQ(fx_send(&f, "GET /v3/kv/range HTTP/1.1\r\n\r\n"), 0);
     ASSERT(strstr(f.out, "HTTP/1.1 405 ") == f.out);
     ASSERT_EQ(fx_send(&f, "POST /v3/nothing HTTP/1.1\r\n\r\n"), 0);
@@ -414,7 +417,8 @@ TEST(conn_limits) {
     fx_close(&f);
     fx_open(&f, 1000);
     ASSERT_EQ(fx_send(&f, "POST /v3/kv/put HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          "fffffff\r\n"), -1);
+                          "fffffff\r\n"),
+              -1);
     ASSERT(strstr(f.out, "HTTP/1.1 413 ") == f.out);
     fx_close(&f);
     /* A head that never ends: 431. */

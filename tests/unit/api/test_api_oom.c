@@ -91,8 +91,7 @@ static void be_watch_end(void *ctx, struct api_stream *s, enum api_stream_event 
     if (ev == API_STREAM_HALF_CLOSED && watch_send_failed)
         api_stream_close(s, API_GRPC_INTERNAL, "out of memory");
     else
-        api_stream_close(s, ev == API_STREAM_HALF_CLOSED ? API_GRPC_OK : API_GRPC_CANCELLED,
-                         NULL);
+        api_stream_close(s, ev == API_STREAM_HALF_CLOSED ? API_GRPC_OK : API_GRPC_CANCELLED, NULL);
 }
 
 static void be_health(void *ctx, struct api_call *call) {
@@ -122,7 +121,8 @@ static const char *h1_requests[] = {
     "POST /v3/kv/put HTTP/1.1\r\nContent-Length: 41\r\n\r\n"
     "{\"key\":\"YQ==\",\"value\":\"Yg==\",\"lease\":\"9\"}",
     "POST /v3/kv/txn HTTP/1.1\r\nContent-Length: 78\r\n\r\n"
-    "{\"compare\":[{\"key\":\"YQ==\",\"target\":\"VALUE\",\"value\":\"Yg==\"}],\"success\":[]}     ",
+    "{\"compare\":[{\"key\":\"YQ==\",\"target\":\"VALUE\",\"value\":\"Yg==\"}],\"success\":[]}    "
+    " ",
     "GET /health HTTP/1.1\r\n\r\n",
     "GET /metrics HTTP/1.1\r\n\r\n",
 };
@@ -164,8 +164,7 @@ static void h1_scenario(struct h1_out *out) {
 /* The metrics text counts calls, which a failed call changes: compare only
  * its status line. */
 static bool h1_same(size_t i, const char *a, const char *b) {
-    if (strcmp(h1_requests[i], "GET /metrics HTTP/1.1\r\n\r\n") == 0)
-        return strncmp(a, b, 13) == 0;
+    if (strcmp(h1_requests[i], "GET /metrics HTTP/1.1\r\n\r\n") == 0) return strncmp(a, b, 13) == 0;
     return strcmp(a, b) == 0;
 }
 
@@ -177,7 +176,8 @@ TEST(api_http1_every_allocation_fails_once) {
     long total = qfs_alloc_count();
     qfs_alloc_fail_off();
     for (size_t i = 0; i < H1_N; i++) {
-        if (h1_ref.closed[i]) fprintf(stderr, "  request %zu: closed after %s\n", i, h1_ref.text[i - 1]);
+        if (h1_ref.closed[i])
+            fprintf(stderr, "  request %zu: closed after %s\n", i, h1_ref.text[i - 1]);
         ASSERT(!h1_ref.closed[i]);
         ASSERT(strncmp(h1_ref.text[i], "HTTP/1.1 ", 9) == 0);
     }
@@ -198,9 +198,9 @@ TEST(api_http1_every_allocation_fails_once) {
              * closing (an empty or partial answer). */
             /* RESOURCE_EXHAUSTED "out of memory" (429) is a truthful
              * failure of a gateway call, as it is over gRPC. */
-            bool server_error = strncmp(got, "HTTP/1.1 5", 10) == 0 ||
-                                (strncmp(got, "HTTP/1.1 429", 12) == 0 &&
-                                 strstr(got, "out of memory") != NULL);
+            bool server_error =
+                strncmp(got, "HTTP/1.1 5", 10) == 0 ||
+                (strncmp(got, "HTTP/1.1 429", 12) == 0 && strstr(got, "out of memory") != NULL);
             bool cut = got[0] == '\0';
             if (!server_error && !cut) {
                 fprintf(stderr, "  allocation %ld of %ld, request %zu:\n%s\n  want:\n%s\n", n,
@@ -313,8 +313,8 @@ struct body {
     size_t len, off;
 };
 
-static ssize_t cl_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
-                       uint32_t *flags, nghttp2_data_source *src, void *user) {
+static ssize_t cl_read(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
+                       nghttp2_data_source *src, void *user) {
     (void)s;
     (void)id;
     (void)user;
@@ -463,11 +463,12 @@ TEST(api_h2_every_allocation_fails_once) {
              * no status (stream reset, connection closed). */
             bool error_status = g->grpc_status == API_GRPC_INTERNAL ||
                                 g->grpc_status == API_GRPC_RESOURCE_EXHAUSTED ||
-                                g->grpc_status == API_GRPC_UNAVAILABLE ||
-                                g->grpc_status == -1;
+                                g->grpc_status == API_GRPC_UNAVAILABLE || g->grpc_status == -1;
             bool prefix = g->len <= w->len && memcmp(g->data, w->data, g->len) == 0;
             if (!error_status || !prefix) {
-                fprintf(stderr, "  allocation %ld of %ld, stream %d: status %d (want %d), %zu bytes (want %zu)\n",
+                fprintf(stderr,
+                        "  allocation %ld of %ld, stream %d: status %d (want %d), %zu bytes (want "
+                        "%zu)\n",
                         n, total, i, g->grpc_status, w->grpc_status, g->len, w->len);
                 ASSERT(error_status);
                 ASSERT(prefix);

@@ -113,7 +113,8 @@ TEST(client_cert_auth_admits_only_verified_unrevoked_certificates) {
     char ca[128], crl[128];
     snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
     snprintf(crl, sizeof(crl), "%s/ca.crl", dir);
-    struct api_options o = {.client_cert_auth = true, .trusted_ca_file = ca,
+    struct api_options o = {.client_cert_auth = true,
+                            .trusted_ca_file = ca,
                             .client_crl_file = crl};
     struct srv_thread t;
     ASSERT_EQ(start(&t, &o), 0);
@@ -166,7 +167,8 @@ TEST(bad_client_tls_files_are_refused) {
     ASSERT(strstr(t.errmsg, "/nonexistent/ca.pem") != NULL);
     char ca[128];
     snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
-    struct api_options c = {.client_cert_auth = true, .trusted_ca_file = ca,
+    struct api_options c = {.client_cert_auth = true,
+                            .trusted_ca_file = ca,
                             .client_crl_file = "/nonexistent/ca.crl"};
     ASSERT_EQ(start(&t, &c), API_ETLS);
     ASSERT(strstr(t.errmsg, "/nonexistent/ca.crl") != NULL);
@@ -175,4 +177,6 @@ TEST(bad_client_tls_files_are_refused) {
     cleanup();
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

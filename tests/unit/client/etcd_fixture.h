@@ -78,11 +78,11 @@ static inline const char *fix_tmpdir(void) {
 /* ---- etcd processes --------------------------------------------------------------- */
 
 struct etcd {
-    pid_t pid;               /* 0 when not running */
-    const char *dir;         /* data, certificates and etcd.log live here */
+    pid_t pid;       /* 0 when not running */
+    const char *dir; /* data, certificates and etcd.log live here */
     int port, peer_port;
     bool tls;
-    char url[64];            /* client URL */
+    char url[64]; /* client URL */
 };
 
 static struct etcd *fix_etcds[FIX_ETCDS_MAX];
@@ -309,10 +309,10 @@ static inline void fix_run_once(uv_loop_t *loop) {
 }
 
 /* Runs the loop until cond holds or ms pass. */
-#define RUN_UNTIL(loop, cond, ms)                                                      \
-    do {                                                                               \
-        uint64_t fix_end_ = fix_mono_ms() + (uint64_t)(ms);                            \
-        while (!(cond) && fix_mono_ms() < fix_end_) fix_run_once(loop);                \
+#define RUN_UNTIL(loop, cond, ms)                                                                  \
+    do {                                                                                           \
+        uint64_t fix_end_ = fix_mono_ms() + (uint64_t)(ms);                                        \
+        while (!(cond) && fix_mono_ms() < fix_end_) fix_run_once(loop);                            \
     } while (0)
 
 /* Runs the loop for ms milliseconds. */

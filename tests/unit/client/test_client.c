@@ -464,8 +464,8 @@ TEST(lease_grant_keepalive) {
 
     struct sres k = {0};
     ASSERT_EQ(client_stream_open(c, "/etcdserverpb.Lease/LeaseKeepAlive",
-                                 &etcdserverpb__lease_keep_alive_response__descriptor, &S_CBS,
-                                 &k, &k.s),
+                                 &etcdserverpb__lease_keep_alive_response__descriptor, &S_CBS, &k,
+                                 &k.s),
               0);
     Etcdserverpb__LeaseKeepAliveRequest ka = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
     ka.id = id;
@@ -593,8 +593,7 @@ TEST(failover_first_endpoint_closed) {
     ures_free(&r);
     ASSERT_STR_EQ(client_endpoint(c), shared.url);
     char want[256];
-    snprintf(want, sizeof(want), "endpoint %s: connection refused; trying %s", closed,
-             shared.url);
+    snprintf(want, sizeof(want), "endpoint %s: connection refused; trying %s", closed, shared.url);
     ASSERT(fix_log_has(&log, want));
     ASSERT(fix_client_close(&loop, c));
     ASSERT(loop_finish());
@@ -814,23 +813,47 @@ static int make_certs(void) {
     fprintf(f, "extendedKeyUsage=clientAuth\n");
     fclose(f);
     for (int k = 0; k < 2; k++) {
-        const char *ca[] = {"req", "-x509", "-newkey", "ec", "-pkeyopt",
-                            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", p[2 * k],
-                            "-out", p[2 * k + 1], "-days", "2", "-subj",
-                            k == 0 ? "/CN=qfs test CA" : "/CN=qfs other CA", "-addext",
-                            "basicConstraints=critical,CA:TRUE", "-addext",
-                            "keyUsage=critical,keyCertSign,cRLSign", NULL};
+        const char *ca[] = {"req",
+                            "-x509",
+                            "-newkey",
+                            "ec",
+                            "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1",
+                            "-nodes",
+                            "-keyout",
+                            p[2 * k],
+                            "-out",
+                            p[2 * k + 1],
+                            "-days",
+                            "2",
+                            "-subj",
+                            k == 0 ? "/CN=qfs test CA" : "/CN=qfs other CA",
+                            "-addext",
+                            "basicConstraints=critical,CA:TRUE",
+                            "-addext",
+                            "keyUsage=critical,keyCertSign,cRLSign",
+                            NULL};
         if (openssl(ca) != 0) return -1;
     }
     for (int k = 0; k < 2; k++) {
         int key = 4 + 4 * k, csr = key + 1, pem = key + 2, ext = key + 3;
-        const char *req[] = {"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                             "-nodes", "-keyout", p[key], "-out", p[csr], "-subj",
-                             k == 0 ? "/CN=127.0.0.1" : "/CN=root", NULL};
+        const char *req[] = {"req",
+                             "-newkey",
+                             "ec",
+                             "-pkeyopt",
+                             "ec_paramgen_curve:prime256v1",
+                             "-nodes",
+                             "-keyout",
+                             p[key],
+                             "-out",
+                             p[csr],
+                             "-subj",
+                             k == 0 ? "/CN=127.0.0.1" : "/CN=root",
+                             NULL};
         if (openssl(req) != 0) return -1;
-        const char *sign[] = {"x509", "-req", "-in", p[csr], "-CA", p[1], "-CAkey", p[0],
-                              "-CAcreateserial", "-out", p[pem], "-days", "2", "-extfile",
-                              p[ext], NULL};
+        const char *sign[] = {
+            "x509", "-req", "-in",   p[csr], "-CA",      p[1],   "-CAkey", p[0], "-CAcreateserial",
+            "-out", p[pem], "-days", "2",    "-extfile", p[ext], NULL};
         if (openssl(sign) != 0) return -1;
     }
     return 0;
@@ -929,7 +952,7 @@ TEST(tls_client_cert) {
     tls_path(ccert, sizeof(ccert), "client.pem");
     tls_path(ckey, sizeof(ckey), "client.key");
     static struct etcd t;
-    const char *extra[] = {"--cert-file",       cert, "--key-file",        key,
+    const char *extra[] = {"--cert-file",       cert, "--key-file",         key,
                            "--trusted-ca-file", ca,   "--client-cert-auth", NULL};
     ASSERT_EQ(etcd_start(&t, true, extra), 0);
     struct client_options o;

@@ -42,7 +42,7 @@ struct mb_job {
     size_t no;
     fs_txn_done_cb cb;
     void *arg;
-    int remote; /* notified as a change from elsewhere (local = 0) */
+    int remote;                             /* notified as a change from elsewhere (local = 0) */
     void (*barrier_cb)(void *arg, int err); /* a read barrier, not a txn */
 };
 
@@ -55,7 +55,7 @@ struct memback {
     pthread_cond_t cond;
     struct mb_job *head, *tail; /* lock */
     int stop;
-    struct fs *fs; /* notified of changes once set */
+    struct fs *fs;            /* notified of changes once set */
     int fail_err, fail_count; /* lock */
     size_t value_max;         /* 0: no limit */
     atomic_long submits, applied, barriers;
@@ -128,8 +128,8 @@ static inline int mb_get(void *data, const char *key, size_t kl, struct fs_kv *o
 }
 
 static inline int mb_range(void *data, const char *start, size_t sl, const char *end, size_t el,
-                    size_t limit, int keys_only, struct fs_kv **out, size_t *n_out,
-                    int *more) {
+                           size_t limit, int keys_only, struct fs_kv **out, size_t *n_out,
+                           int *more) {
     struct memback *mb = data;
     *out = NULL;
     *n_out = 0;
@@ -203,8 +203,8 @@ struct mb_change {
 
 /* Applies a put at revision rev; lock held. */
 static inline void mb_put_locked(struct memback *mb, const char *k, size_t kl, const char *v,
-                          size_t vl, int64_t lease, uint32_t mode, uint32_t uid,
-                          uint32_t gid, int64_t mtime, int *created) {
+                                 size_t vl, int64_t lease, uint32_t mode, uint32_t uid,
+                                 uint32_t gid, int64_t mtime, int *created) {
     size_t i;
     if (mb_find(mb, k, kl, &i)) {
         struct mb_entry *e = &mb->e[i];
@@ -221,8 +221,18 @@ static inline void mb_put_locked(struct memback *mb, const char *k, size_t kl, c
         *created = 0;
         return;
     }
-    struct mb_entry e = {mb_dup(k, kl), kl, mb_dup(v, vl), vl, mb->rev, mb->rev, 1,
-                         lease == FS_LEASE_KEEP ? 0 : lease, mode, uid, gid, mtime};
+    struct mb_entry e = {mb_dup(k, kl),
+                         kl,
+                         mb_dup(v, vl),
+                         vl,
+                         mb->rev,
+                         mb->rev,
+                         1,
+                         lease == FS_LEASE_KEEP ? 0 : lease,
+                         mode,
+                         uid,
+                         gid,
+                         mtime};
     mb_insert_at(mb, i, &e);
     *created = 1;
 }
@@ -233,17 +243,20 @@ static inline int mb_cmp_holds(struct memback *mb, const struct fs_cmp *c) {
         int found = mb_find(mb, c->key, c->key_len, &i);
         int64_t mod = found ? mb->e[i].mod : 0;
         switch (c->type) {
-        case FS_CMP_EXISTS: return found;
-        case FS_CMP_ABSENT: return !found;
-        case FS_CMP_MOD_EQ: return mod == c->revision;
-        case FS_CMP_MOD_LE: return mod <= c->revision;
+        case FS_CMP_EXISTS:
+            return found;
+        case FS_CMP_ABSENT:
+            return !found;
+        case FS_CMP_MOD_EQ:
+            return mod == c->revision;
+        case FS_CMP_MOD_LE:
+            return mod <= c->revision;
         }
         return 0;
     }
     i = mb_lower(mb, c->key, c->key_len);
     int any = 0;
-    for (; i < mb->n && mb_below(mb->e[i].key, mb->e[i].kl, c->range_end, c->range_end_len);
-         i++) {
+    for (; i < mb->n && mb_below(mb->e[i].key, mb->e[i].kl, c->range_end, c->range_end_len); i++) {
         any = 1;
         if (c->type == FS_CMP_MOD_LE && mb->e[i].mod > c->revision) return 0;
         if (c->type == FS_CMP_EXISTS || c->type == FS_CMP_ABSENT) break;
@@ -254,7 +267,7 @@ static inline int mb_cmp_holds(struct memback *mb, const struct fs_cmp *c) {
 }
 
 static inline void mb_notify(struct memback *mb, struct mb_change *ch, size_t n, int64_t rev,
-                      int local) {
+                             int local) {
     for (size_t i = 0; i < n; i++) {
         if (mb->fs) {
             struct fs_change c = {.type = ch[i].type,
@@ -293,11 +306,11 @@ static inline void mb_apply(struct memback *mb, struct mb_job *j) {
                 int created, same = 0;
                 size_t at2;
                 if (mb_find(mb, o->key, o->key_len, &at2))
-                    same = mb->e[at2].vl == o->value_len &&
-                           (o->value_len == 0 ||
-                            memcmp(mb->e[at2].val, o->value, o->value_len) == 0);
-                mb_put_locked(mb, o->key, o->key_len, o->value, o->value_len, o->lease,
-                              o->mode, o->uid, o->gid, o->mtime_ns, &created);
+                    same =
+                        mb->e[at2].vl == o->value_len &&
+                        (o->value_len == 0 || memcmp(mb->e[at2].val, o->value, o->value_len) == 0);
+                mb_put_locked(mb, o->key, o->key_len, o->value, o->value_len, o->lease, o->mode,
+                              o->uid, o->gid, o->mtime_ns, &created);
                 ch[nch++] = (struct mb_change){mb_dup(o->key, o->key_len), o->key_len,
                                                FS_CHANGE_PUT, created, same && !created};
                 break;
@@ -311,9 +324,8 @@ static inline void mb_apply(struct memback *mb, struct mb_job *j) {
                 break;
             case FS_OP_DELETE_RANGE:
                 at = mb_lower(mb, o->key, o->key_len);
-                while (at + count < mb->n &&
-                       mb_below(mb->e[at + count].key, mb->e[at + count].kl, o->range_end,
-                                o->range_end_len)) {
+                while (at + count < mb->n && mb_below(mb->e[at + count].key, mb->e[at + count].kl,
+                                                      o->range_end, o->range_end_len)) {
                     struct mb_entry *e = &mb->e[at + count];
                     ch[nch++] =
                         (struct mb_change){mb_dup(e->key, e->kl), e->kl, FS_CHANGE_DELETE, 0, 0};
@@ -363,8 +375,7 @@ static inline void *mb_main(void *arg) {
             err = mb->fail_err;
         }
         for (size_t i = 0; i < j->no && !err; i++)
-            if (mb->value_max && j->ops[i].type == FS_OP_PUT &&
-                j->ops[i].value_len > mb->value_max)
+            if (mb->value_max && j->ops[i].type == FS_OP_PUT && j->ops[i].value_len > mb->value_max)
                 err = -EFBIG;
         pthread_mutex_unlock(&mb->lock);
         if (j->barrier_cb) {
@@ -482,7 +493,7 @@ static inline struct fs_backend mb_backend(struct memback *mb) {
 /* A change from elsewhere (another node, an etcd client): applied at once,
  * notified with local = 0 from the calling thread. mode 0 = no metadata. */
 static inline void mb_put(struct memback *mb, const char *k, size_t kl, const char *v, size_t vl,
-                   uint32_t mode) {
+                          uint32_t mode) {
     int created;
     pthread_mutex_lock(&mb->lock);
     mb->rev++;
@@ -543,8 +554,18 @@ static inline void mb_bulk(struct memback *mb, char **keys, size_t n, const char
     }
     for (size_t i = 0; i < n; i++) {
         size_t kl = strlen(keys[i]);
-        mb->e[mb->n++] = (struct mb_entry){mb_dup(keys[i], kl), kl, mb_dup(v, strlen(v)),
-                                           strlen(v), mb->rev, mb->rev, 1, 0, 0, 0, 0, 0};
+        mb->e[mb->n++] = (struct mb_entry){mb_dup(keys[i], kl),
+                                           kl,
+                                           mb_dup(v, strlen(v)),
+                                           strlen(v),
+                                           mb->rev,
+                                           mb->rev,
+                                           1,
+                                           0,
+                                           0,
+                                           0,
+                                           0,
+                                           0};
     }
     qsort(mb->e, mb->n, sizeof *mb->e, mb_entry_order);
     pthread_mutex_unlock(&mb->lock);

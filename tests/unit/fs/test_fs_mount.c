@@ -127,14 +127,14 @@ static int mnt_down(struct mnt *m) {
 }
 
 /* Runs body on a fresh mount and always unmounts. */
-#define MOUNT_TEST(name, tweak)                                                         \
-    static void body_##name(struct mnt *m);                                             \
-    TEST(name) {                                                                        \
-        struct mnt mt;                                                                  \
-        ASSERT_EQ(mnt_up(&mt, tweak), 0);                                               \
-        body_##name(&mt);                                                               \
-        ASSERT_EQ(mnt_down(&mt), 0);                                                    \
-    }                                                                                   \
+#define MOUNT_TEST(name, tweak)                                                                    \
+    static void body_##name(struct mnt *m);                                                        \
+    TEST(name) {                                                                                   \
+        struct mnt mt;                                                                             \
+        ASSERT_EQ(mnt_up(&mt, tweak), 0);                                                          \
+        body_##name(&mt);                                                                          \
+        ASSERT_EQ(mnt_down(&mt), 0);                                                               \
+    }                                                                                              \
     static void body_##name(struct mnt *m)
 
 /* m->dir + "/" + rel in one of a few rotating buffers. */
@@ -159,7 +159,9 @@ static int write_file(const char *path, const char *data, size_t n) {
     return 0;
 }
 
-static int write_str(const char *path, const char *s) { return write_file(path, s, strlen(s)); }
+static int write_str(const char *path, const char *s) {
+    return write_file(path, s, strlen(s));
+}
 
 /* Reads the file into buf (NUL-terminated); returns its length or -errno. */
 static long read_file(const char *path, char *buf, size_t size) {
@@ -225,31 +227,31 @@ static char *list_dir(const char *path) {
     return r;
 }
 
-#define ASSERT_LIST(path, want)                                                         \
-    do {                                                                                \
-        char *got_ = list_dir(path);                                                    \
-        int ok_ = got_ && strcmp(got_, want) == 0;                                      \
-        if (!ok_) fprintf(stderr, "  list %s: \"%s\"\n", path, got_ ? got_ : "(null)");  \
-        free(got_);                                                                     \
-        ASSERT(ok_);                                                                    \
+#define ASSERT_LIST(path, want)                                                                    \
+    do {                                                                                           \
+        char *got_ = list_dir(path);                                                               \
+        int ok_ = got_ && strcmp(got_, want) == 0;                                                 \
+        if (!ok_) fprintf(stderr, "  list %s: \"%s\"\n", path, got_ ? got_ : "(null)");            \
+        free(got_);                                                                                \
+        ASSERT(ok_);                                                                               \
     } while (0)
 
-#define ASSERT_KV(m, key, want)                                                         \
-    do {                                                                                \
-        char *got_ = kv_str(m, key);                                                    \
-        int ok_ = got_ && strcmp(got_, want) == 0;                                      \
-        if (!ok_) fprintf(stderr, "  key %s: \"%s\"\n", key, got_ ? got_ : "(absent)");  \
-        free(got_);                                                                     \
-        ASSERT(ok_);                                                                    \
+#define ASSERT_KV(m, key, want)                                                                    \
+    do {                                                                                           \
+        char *got_ = kv_str(m, key);                                                               \
+        int ok_ = got_ && strcmp(got_, want) == 0;                                                 \
+        if (!ok_) fprintf(stderr, "  key %s: \"%s\"\n", key, got_ ? got_ : "(absent)");            \
+        free(got_);                                                                                \
+        ASSERT(ok_);                                                                               \
     } while (0)
 
-#define ASSERT_FILE(path, want)                                                         \
-    do {                                                                                \
-        char buf_[4096];                                                                \
-        long n_ = read_file(path, buf_, sizeof buf_);                                   \
-        if (n_ < 0 || strcmp(buf_, want) != 0)                                          \
-            fprintf(stderr, "  file %s: %ld \"%s\"\n", path, n_, n_ < 0 ? "" : buf_);    \
-        ASSERT(n_ >= 0 && strcmp(buf_, want) == 0);                                     \
+#define ASSERT_FILE(path, want)                                                                    \
+    do {                                                                                           \
+        char buf_[4096];                                                                           \
+        long n_ = read_file(path, buf_, sizeof buf_);                                              \
+        if (n_ < 0 || strcmp(buf_, want) != 0)                                                     \
+            fprintf(stderr, "  file %s: %ld \"%s\"\n", path, n_, n_ < 0 ? "" : buf_);              \
+        ASSERT(n_ >= 0 && strcmp(buf_, want) == 0);                                                \
     } while (0)
 
 /* ------------------------------------------------------------------------ */
@@ -462,12 +464,10 @@ MOUNT_TEST(rename_files_and_dirs, NULL) {
     ASSERT_EQ(stat(P(m, "a"), &st), -1);
     /* RENAME_NOREPLACE: compare "absent" on the destination */
     ASSERT_EQ(write_str(P(m, "c"), "3"), 0);
-    ASSERT_EQ(syscall(SYS_renameat2, AT_FDCWD, P(m, "c"), AT_FDCWD, P(m, "b"),
-                      RENAME_NOREPLACE),
+    ASSERT_EQ(syscall(SYS_renameat2, AT_FDCWD, P(m, "c"), AT_FDCWD, P(m, "b"), RENAME_NOREPLACE),
               -1);
     ASSERT_EQ(errno, EEXIST);
-    ASSERT_EQ(syscall(SYS_renameat2, AT_FDCWD, P(m, "c"), AT_FDCWD, P(m, "c2"),
-                      RENAME_NOREPLACE),
+    ASSERT_EQ(syscall(SYS_renameat2, AT_FDCWD, P(m, "c"), AT_FDCWD, P(m, "c2"), RENAME_NOREPLACE),
               0);
     ASSERT_KV(m, "/c2", "3");
     /* an open file follows its rename */
@@ -678,7 +678,9 @@ MOUNT_TEST(xattrs, NULL) {
     ASSERT_EQ(errno, ENOTSUP);
 }
 
-static void small_values(struct fs_options *o) { o->value_bytes_max = 1000; }
+static void small_values(struct fs_options *o) {
+    o->value_bytes_max = 1000;
+}
 
 MOUNT_TEST(value_limits, small_values) {
     char big[2000];
@@ -773,8 +775,8 @@ MOUNT_TEST(inotify_local_ops, NULL) {
     ASSERT_EQ(mkdir(P(m, "sub"), 0755), 0);
     ASSERT_EQ(unlink(P(m, "n2")), 0);
     ASSERT_EQ(rmdir(P(m, "sub")), 0);
-    const uint32_t masks[] = {IN_CREATE,     IN_MODIFY,    IN_CLOSE_WRITE,
-                              IN_MOVED_FROM, IN_MOVED_TO,  IN_CREATE | IN_ISDIR,
+    const uint32_t masks[] = {IN_CREATE,     IN_MODIFY,           IN_CLOSE_WRITE,
+                              IN_MOVED_FROM, IN_MOVED_TO,         IN_CREATE | IN_ISDIR,
                               IN_DELETE,     IN_DELETE | IN_ISDIR};
     const char *const names[] = {"n1", "n1", "n1", "n1", "n2", "sub", "n2", "sub"};
     int missing = wait_events(ifd, masks, names, 8);
@@ -967,7 +969,9 @@ MOUNT_TEST(readdir_survives_concurrent_change, NULL) {
     }
 }
 
-static void app_prefix(struct fs_options *o) { o->prefix = "/app"; }
+static void app_prefix(struct fs_options *o) {
+    o->prefix = "/app";
+}
 
 MOUNT_TEST(mount_prefix_shows_subtree, app_prefix) {
     mb_puts(m->mb, "/app", "root value");
@@ -984,7 +988,9 @@ MOUNT_TEST(mount_prefix_shows_subtree, app_prefix) {
  * let libfuse unmount it again (that fails and prints), and libfuse then
  * keeps its copy of the mountpoint string (19 bytes, once per such stop). */
 const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) { return "leak:fuse_session_mount\n"; }
+const char *__lsan_default_suppressions(void) {
+    return "leak:fuse_session_mount\n";
+}
 
 static struct fs *signal_fs;
 static void on_sigusr1(int sig) {
@@ -1035,18 +1041,25 @@ int main(int argc, char **argv) {
  * from ifd, from the first one until none arrived for quiet_ms (or until
  * EVENT_WAIT_MS passed), with
  * every name in from[] written as the name at the same index of to[]. */
-static void collect_events(int ifd, int quiet_ms, const char *const *from,
-                           const char *const *to, int nmap, char *out, size_t size) {
+static void collect_events(int ifd, int quiet_ms, const char *const *from, const char *const *to,
+                           int nmap, char *out, size_t size) {
     static const struct {
         uint32_t bit;
         const char *name;
-    } bits[] = {{IN_ACCESS, "ACCESS"},     {IN_MODIFY, "MODIFY"},
-                {IN_ATTRIB, "ATTRIB"},     {IN_CLOSE_WRITE, "CLOSE_WRITE"},
-                {IN_CLOSE_NOWRITE, "CLOSE_NOWRITE"}, {IN_OPEN, "OPEN"},
-                {IN_MOVED_FROM, "MOVED_FROM"}, {IN_MOVED_TO, "MOVED_TO"},
-                {IN_CREATE, "CREATE"},     {IN_DELETE, "DELETE"},
-                {IN_DELETE_SELF, "DELETE_SELF"}, {IN_MOVE_SELF, "MOVE_SELF"},
-                {IN_UNMOUNT, "UNMOUNT"},   {IN_IGNORED, "IGNORED"},
+    } bits[] = {{IN_ACCESS, "ACCESS"},
+                {IN_MODIFY, "MODIFY"},
+                {IN_ATTRIB, "ATTRIB"},
+                {IN_CLOSE_WRITE, "CLOSE_WRITE"},
+                {IN_CLOSE_NOWRITE, "CLOSE_NOWRITE"},
+                {IN_OPEN, "OPEN"},
+                {IN_MOVED_FROM, "MOVED_FROM"},
+                {IN_MOVED_TO, "MOVED_TO"},
+                {IN_CREATE, "CREATE"},
+                {IN_DELETE, "DELETE"},
+                {IN_DELETE_SELF, "DELETE_SELF"},
+                {IN_MOVE_SELF, "MOVE_SELF"},
+                {IN_UNMOUNT, "UNMOUNT"},
+                {IN_IGNORED, "IGNORED"},
                 {IN_ISDIR, "ISDIR"}};
     size_t o = 0;
     out[0] = '\0';
@@ -1064,8 +1077,8 @@ static void collect_events(int ifd, int quiet_ms, const char *const *from,
             int first = 1;
             for (size_t b = 0; b < sizeof bits / sizeof bits[0]; b++)
                 if (ev->mask & bits[b].bit) {
-                    o += (size_t)snprintf(out + o, size - o, "%s%s", first ? "" : ",",
-                                          bits[b].name);
+                    o +=
+                        (size_t)snprintf(out + o, size - o, "%s%s", first ? "" : ",", bits[b].name);
                     first = 0;
                 }
             o += (size_t)snprintf(out + o, size - o, " %s\n", name);
@@ -1174,8 +1187,8 @@ MOUNT_TEST(replay_events_match_local, NULL) {
     ASSERT_EQ(rename(P(m, "ldir"), P(m, "ldir2")), 0);
     collect_events(ifd, REPLAY_QUIET_MS, NULL, NULL, 0, want, sizeof want);
     ASSERT(strstr(want, "MOVED_FROM,ISDIR ldir\nMOVED_TO,ISDIR ldir2\n") != NULL);
-    struct fs_op rd[] = {put_op("/rdir2/", "", D), put_op("/rdir2/f", "in", F),
-                         del_op("/rdir/"), del_op("/rdir/f")};
+    struct fs_op rd[] = {put_op("/rdir2/", "", D), put_op("/rdir2/f", "in", F), del_op("/rdir/"),
+                         del_op("/rdir/f")};
     remote_ops(m, rd, 4);
     collect_events(ifd, REPLAY_QUIET_MS, rem, loc, 4, got, sizeof got);
     ASSERT_STR_EQ(got, want);
@@ -1227,7 +1240,9 @@ MOUNT_TEST(replay_implicit_directories, NULL) {
     close(ifd);
 }
 
-static void lin_open(struct fs_options *o) { o->linearizable_open = 1; }
+static void lin_open(struct fs_options *o) {
+    o->linearizable_open = 1;
+}
 
 /* linearizable_open: every open(2) of a file passes a read barrier first;
  * a barrier that fails (no quorum in time) fails the open. */
@@ -1271,8 +1286,7 @@ MOUNT_TEST(reset_drops_every_cache, long_cache) {
     ASSERT_EQ(st.st_size, 3);
     ASSERT_EQ(fs_notify_reset(fs), 0);
     int64_t deadline = now_ms() + EVENT_WAIT_MS;
-    while ((stat(P(m, "a"), &st) != 0 || st.st_size != 11) && now_ms() < deadline)
-        sleep_ms(10);
+    while ((stat(P(m, "a"), &st) != 0 || st.st_size != 11) && now_ms() < deadline) sleep_ms(10);
     ASSERT_EQ(st.st_size, 11);
     ASSERT(eventually_stat(P(m, "d/b"), 0));
     ASSERT_FILE(P(m, "a"), "one-changed");
@@ -1282,8 +1296,8 @@ MOUNT_TEST(reset_drops_every_cache, long_cache) {
 /* Whole reads: while another writer changes a key between values of
  * different lengths, every open-read-close sees exactly one of the values.
  * Long attribute timeouts make a stale cached size as likely as it gets. */
-static const char *const torn_values[] = {"a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
-                                          "cccccccccccc", "dddddddddddddddddddddddddddddddddddddddd"};
+static const char *const torn_values[] = {"a", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "cccccccccccc",
+                                          "dddddddddddddddddddddddddddddddddddddddd"};
 
 struct torn_writer {
     struct memback *mb;
@@ -1531,7 +1545,7 @@ MOUNT_TEST(refuses_live_mount_and_nonempty_directory, NULL) {
     ASSERT_EQ(run_over(m->dir, 0, msg, sizeof msg), FS_EMOUNT);
     ASSERT(strstr(msg, "already a mount point") != NULL);
     ASSERT_EQ(run_over(m->dir, 1, msg, sizeof msg), FS_EMOUNT); /* nonempty or not */
-    ASSERT_FILE(P(m, "k"), "v"); /* the first mount still serves */
+    ASSERT_FILE(P(m, "k"), "v");                                /* the first mount still serves */
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/qfs-ne-XXXXXX");
     ASSERT(mkdtemp(dir) != NULL);

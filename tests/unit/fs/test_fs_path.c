@@ -28,7 +28,7 @@ static int roundtrip(const char *raw, size_t rl, char *name_out) {
     if (name_out) memcpy(name_out, name, nl + 1);
     char back[FS_NAME_MAX + 1];
     long n = fs_name_decode(name, nl, back, sizeof back);
-    if (strstr(name, "%~") != NULL) return n == -EINVAL ? 0 : 4; /* hashed: lookup only */
+    if (strstr(name, "%~") != NULL) return n == -EINVAL ? 0 : 4;   /* hashed: lookup only */
     if (memchr(raw, '/', rl) != NULL) return n == -EINVAL ? 0 : 6; /* never a component */
     if (n < 0 || (size_t)n != rl || memcmp(back, raw, rl) != 0) return 5;
     return 0;
@@ -118,17 +118,16 @@ TEST(utf8_kept_invalid_escaped) {
 TEST(non_canonical_rejected) {
     char raw[300];
     const char *bad[] = {
-        "%value", /* reserved: the directory's own value */
-        "50%off", /* '%' then a letter, not two hex digits */
-        "%25",    /* a lone '%' needs no escape */
-        "a%25.b", /* nor one before '.' */
-        "%2e",    /* lowercase hex */
-        "%41",    /* 'A' needs no escape */
-        "%2F",    /* '/' cannot be inside a component */
-        "a%2",
-        ".",      "..", /* spelled %2E, %2E%2E */
-        "%E2%82%AC", /* a valid UTF-8 sequence is written as itself */
-        "\xC3",      /* a raw invalid byte must be escaped */
+        "%value",                     /* reserved: the directory's own value */
+        "50%off",                     /* '%' then a letter, not two hex digits */
+        "%25",                        /* a lone '%' needs no escape */
+        "a%25.b",                     /* nor one before '.' */
+        "%2e",                        /* lowercase hex */
+        "%41",                        /* 'A' needs no escape */
+        "%2F",                        /* '/' cannot be inside a component */
+        "a%2",       ".",       "..", /* spelled %2E, %2E%2E */
+        "%E2%82%AC",                  /* a valid UTF-8 sequence is written as itself */
+        "\xC3",                       /* a raw invalid byte must be escaped */
         "%EMPTY",    "%empty2",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -220,10 +219,18 @@ TEST(random_roundtrips) {
         for (size_t i = 0; i < rl; i++) {
             uint64_t r = rng();
             switch (alphabet) {
-            case 0: raw[i] = (char)r; break;                  /* any byte */
-            case 1: raw[i] = "ab.%/\xC3\xA9\x80"[r % 8]; break; /* tricky bytes */
-            case 2: raw[i] = (char)(0x20 + r % 0x5F); break;  /* printable */
-            default: raw[i] = "\xE2\x82\xAC\xF0\x9F\x98\x80."[r % 8]; break;
+            case 0:
+                raw[i] = (char)r;
+                break; /* any byte */
+            case 1:
+                raw[i] = "ab.%/\xC3\xA9\x80"[r % 8];
+                break; /* tricky bytes */
+            case 2:
+                raw[i] = (char)(0x20 + r % 0x5F);
+                break; /* printable */
+            default:
+                raw[i] = "\xE2\x82\xAC\xF0\x9F\x98\x80."[r % 8];
+                break;
             }
         }
         int rc = roundtrip(raw, rl, NULL);
@@ -250,4 +257,6 @@ TEST(random_names_decoded_are_canonical) {
     ASSERT_GT(accepted, 1000);
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

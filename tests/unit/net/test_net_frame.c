@@ -407,8 +407,8 @@ static int decode_file_name(const char *name, size_t name_len) {
 
 TEST(evil_snapshot_file_names) {
     static const char *evil[] = {
-        "..", "../x", "a/../b", "a/..", "/etc/passwd", "/", ".", "./a", "a/./b", "a//b",
-        "a/", "", "x\ny", "tab\there", "del\x7f",
+        "..",    "../x", "a/../b", "a/..", "/etc/passwd", "/",         ".",       "./a",
+        "a/./b", "a//b", "a/",     "",     "x\ny",        "tab\there", "del\x7f",
     };
     for (size_t i = 0; i < sizeof(evil) / sizeof(evil[0]); i++) {
         ASSERT_EQ(decode_file_name(evil[i], strlen(evil[i])), NET_EFILENAME);
@@ -454,13 +454,34 @@ static int hello_with(void (*mutate)(uint8_t *payload, size_t plen)) {
 
 /* Payload layout of sample 0: from(8) to(8) toklen(2) "tok-en"(6) n(2) then members. */
 #define M0 (8 + 8 + 2 + 6 + 2)
-static void zero_from(uint8_t *p, size_t n) { (void)n; net__put_u64(p, 0); }
-static void zero_to(uint8_t *p, size_t n) { (void)n; net__put_u64(p + 8, 0); }
-static void nul_token(uint8_t *p, size_t n) { (void)n; p[18 + 2] = 0; }
-static void long_token(uint8_t *p, size_t n) { (void)n; net__put_u16(p + 16, NET_TOKEN_MAX + 1); }
-static void many_members(uint8_t *p, size_t n) { (void)n; net__put_u16(p + 24, NET_MEMBERS_MAX + 1); }
-static void zero_member(uint8_t *p, size_t n) { (void)n; net__put_u64(p + M0, 0); }
-static void unsorted(uint8_t *p, size_t n) { (void)n; net__put_u64(p + M0, 5); }
+static void zero_from(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u64(p, 0);
+}
+static void zero_to(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u64(p + 8, 0);
+}
+static void nul_token(uint8_t *p, size_t n) {
+    (void)n;
+    p[18 + 2] = 0;
+}
+static void long_token(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u16(p + 16, NET_TOKEN_MAX + 1);
+}
+static void many_members(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u16(p + 24, NET_MEMBERS_MAX + 1);
+}
+static void zero_member(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u64(p + M0, 0);
+}
+static void unsorted(uint8_t *p, size_t n) {
+    (void)n;
+    net__put_u64(p + M0, 5);
+}
 static void dup_member(uint8_t *p, size_t n) {
     (void)n;
     net__put_u64(p + M0 + 8 + 2 + 18, 1); /* second id := first id */

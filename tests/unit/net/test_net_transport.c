@@ -21,8 +21,8 @@
 #include "net/net.h"
 #include "tests/harness.h"
 
-#define IDS_MAX 8             /* member ids used here are 1..IDS_MAX-1 */
-#define WAIT_MS 10000         /* generous: sanitizer builds on a busy 2-core box */
+#define IDS_MAX 8     /* member ids used here are 1..IDS_MAX-1 */
+#define WAIT_MS 10000 /* generous: sanitizer builds on a busy 2-core box */
 
 /* ---- waiting on the loop ---- */
 
@@ -41,13 +41,13 @@ static void deadline_start(uint64_t ms) {
 }
 
 /* Runs the loop until expr holds (evaluated once per loop turn) or ms pass. */
-#define WAIT_UNTIL(expr, ms)                                                           \
-    do {                                                                               \
-        bool wait_ok_;                                                                 \
-        deadline_start(ms);                                                            \
-        while (!(wait_ok_ = (expr)) && !deadline_expired) uv_run(&loop, UV_RUN_ONCE);  \
-        uv_timer_stop(&deadline);                                                      \
-        if (!wait_ok_) HARNESS_FAIL_("WAIT_UNTIL(%s) not true within %d ms", #expr, ms); \
+#define WAIT_UNTIL(expr, ms)                                                                       \
+    do {                                                                                           \
+        bool wait_ok_;                                                                             \
+        deadline_start(ms);                                                                        \
+        while (!(wait_ok_ = (expr)) && !deadline_expired) uv_run(&loop, UV_RUN_ONCE);              \
+        uv_timer_stop(&deadline);                                                                  \
+        if (!wait_ok_) HARNESS_FAIL_("WAIT_UNTIL(%s) not true within %d ms", #expr, ms);           \
     } while (0)
 
 static void world_init(void) {
@@ -100,7 +100,9 @@ struct node {
 };
 
 /* Message seq from `from`: [seq u64][from u64][pattern...], length varies with seq. */
-static size_t msg_len(uint64_t seq) { return 16 + (size_t)(seq * 37 % 3000); }
+static size_t msg_len(uint64_t seq) {
+    return 16 + (size_t)(seq * 37 % 3000);
+}
 
 static void msg_fill(uint8_t *buf, uint64_t seq, uint64_t from) {
     size_t len = msg_len(seq);
@@ -184,17 +186,19 @@ static void on_snapshot_abort(void *data, uint64_t from, int rc) {
     n->snap_abort_rc = rc;
 }
 
-static void on_closed(void *data) { ((struct node *)data)->closed = true; }
+static void on_closed(void *data) {
+    ((struct node *)data)->closed = true;
+}
 
 struct node_cfg {
     const char *token;
-    const char *host;           /* "127.0.0.1" (default) or "[::1]" */
-    int port;                   /* 0 = ephemeral */
+    const char *host; /* "127.0.0.1" (default) or "[::1]" */
+    int port;         /* 0 = ephemeral */
     bool no_snapshot_dir;
     size_t send_queue_frames_max;
     size_t send_queue_bytes_max;
-    bool https;                          /* listen and advertise https:// */
-    const struct net_tls_options *tls;   /* NULL: none */
+    bool https;                        /* listen and advertise https:// */
+    const struct net_tls_options *tls; /* NULL: none */
 };
 
 static int node_start(struct node *n, uint64_t id, const struct node_cfg *cfg) {
@@ -548,7 +552,9 @@ static void raw_on_write(uv_write_t *w, int status) {
     free(w);
 }
 
-static void raw_on_close(uv_handle_t *h) { ((struct raw *)h->data)->closed = true; }
+static void raw_on_close(uv_handle_t *h) {
+    ((struct raw *)h->data)->closed = true;
+}
 
 static int raw_connect(struct raw *r, int port) {
     memset(r, 0, sizeof(*r));
@@ -673,13 +679,9 @@ struct src_file {
 };
 
 static const struct src_file src_files[] = {
-    {"CURRENT", 16},
-    {"MANIFEST-000001", 1000},
-    {"000010.sst", 3 * 1024 * 1024 + 17},
-    {"empty", 0},
-    {"sub/nested.log", 256 * 1024}, /* exactly one chunk */
-    {"sub/deeper/x", 1},
-    {"000011.sst", 1024 * 1024 - 1},
+    {"CURRENT", 16},     {"MANIFEST-000001", 1000},       {"000010.sst", 3 * 1024 * 1024 + 17},
+    {"empty", 0},        {"sub/nested.log", 256 * 1024}, /* exactly one chunk */
+    {"sub/deeper/x", 1}, {"000011.sst", 1024 * 1024 - 1},
 };
 #define N_SRC (sizeof(src_files) / sizeof(src_files[0]))
 
@@ -1327,9 +1329,11 @@ TEST(tls_self_signed_peers_with_skip_verify) {
     snprintf(f1.key, sizeof(f1.key), "%s/key.pem", d1);
     snprintf(f2.cert, sizeof(f2.cert), "%s/cert.pem", d2);
     snprintf(f2.key, sizeof(f2.key), "%s/key.pem", d2);
-    f1.o = (struct net_tls_options){.cert_file = f1.cert, .key_file = f1.key,
+    f1.o = (struct net_tls_options){.cert_file = f1.cert,
+                                    .key_file = f1.key,
                                     .insecure_skip_verify = true};
-    f2.o = (struct net_tls_options){.cert_file = f2.cert, .key_file = f2.key,
+    f2.o = (struct net_tls_options){.cert_file = f2.cert,
+                                    .key_file = f2.key,
                                     .insecure_skip_verify = true};
     static struct node a, b;
     struct node *ns[] = {&a, &b};
@@ -1376,4 +1380,6 @@ TEST(tls_cleanup_fixtures) {
     tls_dir[0] = '\0';
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

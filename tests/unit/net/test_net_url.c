@@ -56,11 +56,11 @@ TEST(accepts_ipv4_ipv6_and_names) {
 TEST(refuses_everything_else) {
     static const char *bad[] = {
         "",
-        "127.0.0.1:2380",           /* no scheme */
+        "127.0.0.1:2380", /* no scheme */
         "ftp://127.0.0.1:2380",
         "httpss://127.0.0.1:2380",
         "unix:///tmp/s",
-        "http://127.0.0.1",         /* no port */
+        "http://127.0.0.1", /* no port */
         "http://127.0.0.1:",
         "http://127.0.0.1:65536",
         "http://127.0.0.1:123456",
@@ -75,7 +75,7 @@ TEST(refuses_everything_else) {
         "http://[fe80::1%eth0]:80",
         "http://user@host:80",
         "http://ho st:80",
-        "http://::1:80",            /* IPv6 without brackets */
+        "http://::1:80", /* IPv6 without brackets */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct net__url u;
@@ -92,4 +92,6 @@ TEST(refuses_everything_else) {
     ASSERT_EQ(net__url_parse(longurl, &u), NET_EURL);
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

@@ -183,8 +183,11 @@ TEST(single_voter_commits_alone) {
     ASSERT(ms != NULL);
     struct raft_conf_state cs = {.n_voters = 1, .voters = {7}};
     ASSERT_EQ(raft_memstore_set_conf_state(ms, &cs), 0);
-    struct raft_config cfg = {.id = 7, .election_tick = 10, .heartbeat_tick = 1,
-                              .max_size_per_msg = 1 << 20, .seed = harness_seed,
+    struct raft_config cfg = {.id = 7,
+                              .election_tick = 10,
+                              .heartbeat_tick = 1,
+                              .max_size_per_msg = 1 << 20,
+                              .seed = harness_seed,
                               .storage = raft_memstore_storage(ms)};
     struct raft *r = NULL;
     ASSERT_EQ(raft_new(&cfg, &r), 0);
@@ -213,10 +216,19 @@ TEST(encode_decode_round_trip) {
         {.term = 3, .index = 11, .type = RAFT_ENTRY_NORMAL, .data = {"hello", 5}},
         {.term = 3, .index = 12, .type = RAFT_ENTRY_CONF_CHANGE, .data = {NULL, 0}},
     };
-    struct raft_msg m = {.type = RAFT_MSG_SNAP, .from = 1, .to = 2, .term = 3,
-                         .log_term = 2, .index = 10, .commit = 9, .reject = true,
-                         .reject_hint = 4, .n_entries = 2, .entries = ents,
-                         .has_snapshot = true, .context = {"ctx", 3}};
+    struct raft_msg m = {.type = RAFT_MSG_SNAP,
+                         .from = 1,
+                         .to = 2,
+                         .term = 3,
+                         .log_term = 2,
+                         .index = 10,
+                         .commit = 9,
+                         .reject = true,
+                         .reject_hint = 4,
+                         .n_entries = 2,
+                         .entries = ents,
+                         .has_snapshot = true,
+                         .context = {"ctx", 3}};
     m.snapshot.meta.index = 8;
     m.snapshot.meta.term = 2;
     m.snapshot.meta.conf.n_voters = 2;
@@ -272,7 +284,8 @@ TEST(encode_decode_round_trip) {
     ASSERT_EQ(raft_decode(buf, len, &d), RAFT_EMALFORMED);
     free(buf);
 
-    struct raft_conf_change cc = {.type = RAFT_CC_ADD_LEARNER, .node_id = 9,
+    struct raft_conf_change cc = {.type = RAFT_CC_ADD_LEARNER,
+                                  .node_id = 9,
                                   .context = {"http://n9", 9}};
     void *ccbuf = NULL;
     size_t cclen = 0;

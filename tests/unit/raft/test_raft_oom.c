@@ -43,20 +43,20 @@ struct node {
     struct raft *r;
     struct raft_memstore *ms;
     struct raft_conf_state conf;
-    uint64_t applied;                /* last applied index */
-    size_t n_applied;                /* data entries applied */
+    uint64_t applied;                   /* last applied index */
+    size_t n_applied;                   /* data entries applied */
     uint64_t applied_hash[APPLIED_MAX]; /* FNV-1a of each data entry, in order */
-    size_t n_reads;                  /* read states served */
+    size_t n_reads;                     /* read states served */
 };
 
 struct cluster {
     struct node n[N_NODES + 1];
     struct raft_msg q[QUEUE_MAX];
     size_t q_len;
-    bool cut[N_NODES + 1];           /* drop everything to and from this node */
-    int errors;                      /* inconsistencies found */
+    bool cut[N_NODES + 1]; /* drop everything to and from this node */
+    int errors;            /* inconsistencies found */
     char err[256];
-    unsigned enomem;                 /* calls that returned RAFT_ENOMEM */
+    unsigned enomem; /* calls that returned RAFT_ENOMEM */
 };
 
 /* What a driver can see of a node. */
@@ -68,7 +68,8 @@ struct observed {
 };
 
 static void fail(struct cluster *c, const char *what, uint64_t id) {
-    if (c->errors++ == 0) snprintf(c->err, sizeof c->err, "node %llu: %s", (unsigned long long)id, what);
+    if (c->errors++ == 0)
+        snprintf(c->err, sizeof c->err, "node %llu: %s", (unsigned long long)id, what);
 }
 
 static uint64_t fnv(const void *p, size_t n) {
@@ -114,8 +115,8 @@ static bool check_enomem(struct cluster *c, uint64_t id, int rc, const struct ob
  * message's term adopted, its sender as leader, the role follower. Nothing
  * else changes.
  */
-static bool check_step_enomem(struct cluster *c, uint64_t id, int rc,
-                              const struct observed *before, const struct raft_msg *m) {
+static bool check_step_enomem(struct cluster *c, uint64_t id, int rc, const struct observed *before,
+                              const struct raft_msg *m) {
     if (rc != RAFT_ENOMEM) return false;
     struct observed after;
     observe(c, id, &after);
@@ -145,8 +146,8 @@ static void enqueue(struct cluster *c, const struct raft_msg *m) {
             d->entries[i].data.base = dup_bytes(m->entries[i].data.base, m->entries[i].data.len);
         }
     }
-    d->snapshot.data.base =
-        m->has_snapshot ? dup_bytes(m->snapshot.data.base, m->snapshot.data.len) : NULL;
+    d->snapshot.data.base = m->has_snapshot ? dup_bytes(m->snapshot.data.base, m->snapshot.data.len)
+                                            : NULL;
     d->context.base = dup_bytes(m->context.base, m->context.len);
 }
 
@@ -158,11 +159,11 @@ static void msg_free(struct raft_msg *m) {
 }
 
 /* Persisting never gives up: memstore calls are retried after ENOMEM. */
-#define RETRY(call)                                                                            \
-    do {                                                                                       \
-        int rc_;                                                                               \
-        while ((rc_ = (call)) == RAFT_ENOMEM) c->enomem++;                                     \
-        if (rc_ != 0) fail(c, #call, id);                                                      \
+#define RETRY(call)                                                                                \
+    do {                                                                                           \
+        int rc_;                                                                                   \
+        while ((rc_ = (call)) == RAFT_ENOMEM) c->enomem++;                                         \
+        if (rc_ != 0) fail(c, #call, id);                                                          \
     } while (0)
 
 /* Carries out node id's update, as raft.h's driver loop does. */
@@ -204,8 +205,8 @@ static void ready(struct cluster *c, uint64_t id) {
                 struct observed b2;
                 observe(c, id, &b2);
                 int crc;
-                while (check_enomem(c, id, crc = raft_apply_conf_change(nd->r, &cc, &nd->conf),
-                                    &b2, "raft_apply_conf_change"))
+                while (check_enomem(c, id, crc = raft_apply_conf_change(nd->r, &cc, &nd->conf), &b2,
+                                    "raft_apply_conf_change"))
                     ;
                 if (crc != 0) fail(c, "raft_apply_conf_change", id);
                 RETRY(raft_memstore_set_conf_state(nd->ms, &nd->conf));
@@ -272,14 +273,14 @@ static void propose(struct cluster *c, uint64_t id, const char *data) {
     if (rc != 0) fail(c, raft_strerror(rc), id);
 }
 
-#define CALL(id, what, expr)                                                                   \
-    do {                                                                                       \
-        struct observed before_;                                                               \
-        observe(c, id, &before_);                                                              \
-        int rc_;                                                                               \
-        while (check_enomem(c, id, rc_ = (expr), &before_, what))                              \
-            ;                                                                                  \
-        if (rc_ != 0) fail(c, what, id);                                                       \
+#define CALL(id, what, expr)                                                                       \
+    do {                                                                                           \
+        struct observed before_;                                                                   \
+        observe(c, id, &before_);                                                                  \
+        int rc_;                                                                                   \
+        while (check_enomem(c, id, rc_ = (expr), &before_, what))                                  \
+            ;                                                                                      \
+        if (rc_ != 0) fail(c, what, id);                                                           \
     } while (0)
 
 /* Snapshot of node id's applied state (its applied hashes), then compaction. */
@@ -409,8 +410,8 @@ static int compare(struct cluster *c, char *why, size_t why_size) {
             return -1;
         }
         if (c->n[id].n_applied != ref.n_applied[id] ||
-            memcmp(c->n[id].applied_hash, ref.hash[id],
-                   ref.n_applied[id] * sizeof(uint64_t)) != 0) {
+            memcmp(c->n[id].applied_hash, ref.hash[id], ref.n_applied[id] * sizeof(uint64_t)) !=
+                0) {
             snprintf(why, why_size, "node %llu: applied %zu entries, want %zu (or other data)",
                      (unsigned long long)id, c->n[id].n_applied, ref.n_applied[id]);
             return -1;
@@ -473,8 +474,8 @@ TEST(raft_every_allocation_fails_once) {
             absorbed++;
         cluster_free(&c);
     }
-    printf("  %ld runs: %u with a RAFT_ENOMEM returned (raft or memstore), %u absorbed\n",
-           total, reported, absorbed);
+    printf("  %ld runs: %u with a RAFT_ENOMEM returned (raft or memstore), %u absorbed\n", total,
+           reported, absorbed);
 }
 
 /* A node over a fresh memstore holding voters 1..n_voters. */

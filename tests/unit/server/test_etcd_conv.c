@@ -441,8 +441,7 @@ TEST(arena_alignment_and_large_blocks) {
         uint8_t *p = etcd__alloc(&a, (size_t)i * 7);
         ASSERT(p != NULL);
         ASSERT_EQ((uintptr_t)p % 16, 0);
-        for (int k = 0; k < i * 7; k++)
-            ASSERT_EQ(p[k], 0);
+        for (int k = 0; k < i * 7; k++) ASSERT_EQ(p[k], 0);
         memset(p, 0xab, (size_t)i * 7);
     }
     uint8_t *big = etcd__alloc(&a, 1 << 20);
@@ -454,4 +453,6 @@ TEST(arena_alignment_and_large_blocks) {
     ASSERT(a.head == NULL);
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

@@ -101,10 +101,18 @@ int node__read_barrier(struct node *n, node_barrier_cb cb, void *arg) {
 struct store *node__store_acquire(struct node *n) {
     return n->store;
 }
-void node__store_release(struct node *n) { (void)n; }
-uv_loop_t *node__loop(struct node *n) { return &n->loop; }
-const struct server_config *node__config(struct node *n) { return &n->cfg; }
-int node__errno(int rc) { return rc; }
+void node__store_release(struct node *n) {
+    (void)n;
+}
+uv_loop_t *node__loop(struct node *n) {
+    return &n->loop;
+}
+const struct server_config *node__config(struct node *n) {
+    return &n->cfg;
+}
+int node__errno(int rc) {
+    return rc;
+}
 
 void node__set_restore_hook(struct node *n, node_restore_hook restore, void *ctx) {
     (void)n; /* the stand-in installs no snapshots */
@@ -148,8 +156,10 @@ int node__transfer_leader(struct node *n, uint64_t to, node_barrier_cb cb, void 
 /* Applies one encoded request as node.c does: log it, apply it, hook, answer. */
 static int apply_one(struct node *n, const void *data, size_t len, node_done_cb cb, void *arg) {
     n->index++;
-    struct raft_entry e = {
-        .term = 2, .index = n->index, .type = RAFT_ENTRY_NORMAL, .data = {data, len}};
+    struct raft_entry e = {.term = 2,
+                           .index = n->index,
+                           .type = RAFT_ENTRY_NORMAL,
+                           .data = {data, len}};
     int rc = store_raft_save(n->store, NULL, &e, 1, false);
     struct store_result *res = NULL;
     if (rc == 0) rc = store_apply(n->store, n->index, data, len, &res);
@@ -289,8 +299,7 @@ static int fixture_start(struct fixture *f, int prefill) {
     if (pthread_create(&n->thread, NULL, loop_main, n) != 0) return -1;
     n->thread_started = true;
     pthread_mutex_lock(&n->mu);
-    while (n->port == 0)
-        pthread_cond_wait(&n->cv, &n->mu);
+    while (n->port == 0) pthread_cond_wait(&n->cv, &n->mu);
     f->port = n->port;
     pthread_mutex_unlock(&n->mu);
     return f->port > 0 ? 0 : -1;
@@ -360,8 +369,7 @@ static char *read_file(const char *path) {
 
 static size_t count_lines(const char *s) {
     size_t n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
+    for (; *s; s++) n += *s == '\n';
     return n;
 }
 
@@ -585,4 +593,6 @@ TEST(maintenance_and_cluster) {
     ASSERT(ok);
 }
 
-int main(int argc, char **argv) { return harness_main(argc, argv); }
+int main(int argc, char **argv) {
+    return harness_main(argc, argv);
+}

@@ -9,10 +9,14 @@
 
 #include <pthread.h>
 
-#define BOTH(name)                                                                     \
-    static void name(bool rocks);                                                      \
-    TEST(name##_mem) { name(false); }                                                  \
-    TEST(name##_rocks) { name(true); }                                                 \
+#define BOTH(name)                                                                                 \
+    static void name(bool rocks);                                                                  \
+    TEST(name##_mem) {                                                                             \
+        name(false);                                                                               \
+    }                                                                                              \
+    TEST(name##_rocks) {                                                                           \
+        name(true);                                                                                \
+    }                                                                                              \
     static void name(bool rocks)
 
 /* ---------------------------------------------------------------- revisions */
@@ -567,7 +571,7 @@ BOTH(ranges) {
 BOTH(compaction) {
     struct t_store t;
     ASSERT_EQ(t_store_open(&t, rocks, 0), 0);
-    fill_abc(&t); /* revisions 2..8 */
+    fill_abc(&t);                       /* revisions 2..8 */
     ASSERT_EQ(t_del(&t, "b", NULL), 0); /* 9 */
     ASSERT_EQ(t_put(&t, "e", "5"), 0);  /* 10 */
     uint32_t h_before;
@@ -628,7 +632,7 @@ BOTH(compaction) {
     store_event_batch_release(&eb);
 
     /* More writes, compact again, reopen. */
-    ASSERT_EQ(t_put(&t, "a", "4"), 0); /* 11 */
+    ASSERT_EQ(t_put(&t, "a", "4"), 0);  /* 11 */
     ASSERT_EQ(t_del(&t, "c", NULL), 0); /* 12 */
     r.u.compact.revision = 12;
     ASSERT_EQ(t_apply(&t, &r, &res), 0);
@@ -648,8 +652,7 @@ BOTH(compaction) {
 
 /* ---------------------------------------------------------------- leases */
 
-static int lease_req(struct t_store *t, int type, int64_t id, int64_t ttl, int *err,
-                     int64_t *rev) {
+static int lease_req(struct t_store *t, int type, int64_t id, int64_t ttl, int *err, int64_t *rev) {
     struct store_request r = {0};
     r.type = (uint8_t)type;
     if (type == STORE_REQ_LEASE_GRANT) {

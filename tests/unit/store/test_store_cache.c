@@ -22,9 +22,9 @@
 #define NKEYS 16
 #define VAL_MAX 24
 
-static const char *const CAND[NKEYS] = {"a",    "a/b",  "a/c", "ab",     "b",   "b/x",
-                                        "c",    "c/1",  "zz",  "\x01",   "\x02", "\xff",
-                                        "\xff\xff", "\x01\x01", "m", "\x00"};
+static const char *const CAND[NKEYS] = {"a",        "a/b",      "a/c", "ab",   "b",    "b/x",
+                                        "c",        "c/1",      "zz",  "\x01", "\x02", "\xff",
+                                        "\xff\xff", "\x01\x01", "m",   "\x00"};
 static const size_t CAND_LEN[NKEYS] = {1, 3, 3, 2, 1, 3, 1, 3, 2, 1, 1, 1, 2, 2, 1, 1};
 
 /* CAND sorted in key order (set up by keys_init). */
@@ -40,9 +40,8 @@ static int cmpb(const void *a, size_t al, const void *b, size_t bl) {
 static void keys_init(void) {
     for (int i = 0; i < NKEYS; i++) KEYS[i] = t_bytes(CAND[i], CAND_LEN[i]);
     for (int i = 1; i < NKEYS; i++)
-        for (int j = i; j > 0 && cmpb(KEYS[j].base, KEYS[j].len, KEYS[j - 1].base,
-                                      KEYS[j - 1].len) < 0;
-             j--) {
+        for (int j = i;
+             j > 0 && cmpb(KEYS[j].base, KEYS[j].len, KEYS[j - 1].base, KEYS[j - 1].len) < 0; j--) {
             struct store_bytes t = KEYS[j];
             KEYS[j] = KEYS[j - 1];
             KEYS[j - 1] = t;
@@ -310,7 +309,9 @@ static void rand_range(uint64_t *rng, struct store_cache *c, const struct model 
         sl = b->len;
     } else if (k >= 2) {
         sl = 1 + (size_t)t_below(rng, 2);
-        for (size_t j = 0; j < sl; j++) sb[j] = (uint8_t)"\x00\x01\x02" "ab\xff"[t_below(rng, 6)];
+        for (size_t j = 0; j < sl; j++)
+            sb[j] = (uint8_t) "\x00\x01\x02"
+                              "ab\xff"[t_below(rng, 6)];
     }
     k = t_below(rng, 4);
     if (k == 1) {
@@ -462,7 +463,8 @@ static void model_run(bool rocks, uint64_t seed, int steps) {
             free(got);
             ASSERT(ok);
         }
-        if (harness_cur_failed) fprintf(stderr, "  seed %llu step %d\n", (unsigned long long)seed, step);
+        if (harness_cur_failed)
+            fprintf(stderr, "  seed %llu step %d\n", (unsigned long long)seed, step);
     }
     if (!harness_cur_failed) check_all(t.c, &m);
     tc_close(&t);
@@ -470,7 +472,8 @@ static void model_run(bool rocks, uint64_t seed, int steps) {
 
 TEST(cache_model_mem) {
     keys_init();
-    for (uint64_t s = 0; s < 4 && !harness_cur_failed; s++) model_run(false, harness_seed + s, 1500);
+    for (uint64_t s = 0; s < 4 && !harness_cur_failed; s++)
+        model_run(false, harness_seed + s, 1500);
 }
 
 TEST(cache_model_rocksdb) {
@@ -603,7 +606,8 @@ static void reload_run(bool rocks, uint64_t seed, int rounds) {
 
 TEST(cache_reload_diff_mem) {
     keys_init();
-    for (uint64_t s = 0; s < 4 && !harness_cur_failed; s++) reload_run(false, harness_seed + 100 + s, 150);
+    for (uint64_t s = 0; s < 4 && !harness_cur_failed; s++)
+        reload_run(false, harness_seed + 100 + s, 150);
 }
 
 TEST(cache_reload_diff_rocksdb) {
@@ -879,7 +883,8 @@ static void conc_run(bool rocks, int64_t revs) {
     atomic_init(&x.bad, 0);
     atomic_init(&x.reads, 0);
     pthread_t th[CONC_READERS];
-    for (int i = 0; i < CONC_READERS; i++) ASSERT_EQ(pthread_create(&th[i], NULL, conc_reader, &x), 0);
+    for (int i = 0; i < CONC_READERS; i++)
+        ASSERT_EQ(pthread_create(&th[i], NULL, conc_reader, &x), 0);
     int rc = 0;
     for (int64_t rev = 1; rev <= revs && rc == 0; rev++) rc = conc_write(t.c, rev, rev % 10 == 3);
     atomic_store(&x.stop, true);

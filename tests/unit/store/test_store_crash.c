@@ -217,12 +217,11 @@ static bool fault_run(uint64_t seed) {
             if (last < acked || a > last || record(sut.s, &now) != 0 || !same(&now, &want[a])) {
                 fprintf(stderr,
                         "  after crash: last %llu acked %llu applied %llu rev %lld want %lld\n",
-                        (unsigned long long)last, (unsigned long long)acked,
-                        (unsigned long long)a, (long long)now.rev, (long long)want[a].rev);
+                        (unsigned long long)last, (unsigned long long)acked, (unsigned long long)a,
+                        (long long)now.rev, (long long)want[a].rev);
                 goto out;
             }
-            if (a > 50 && t_below(&rng, 3) == 0 && store_raft_compact(sut.s, a - 20) != 0)
-                goto out;
+            if (a > 50 && t_below(&rng, 3) == 0 && store_raft_compact(sut.s, a - 20) != 0) goto out;
         }
     }
     struct snapshot_rec fin;
@@ -357,7 +356,8 @@ static bool kill_check(const char *dir, uint64_t acked, uint64_t *applied_out) {
         if (store_get(s, key, strlen(key), 0, &r) != 0) goto bad;
         size_t n = kill_value(a, want, sizeof(want));
         bool good = r.n_kvs == 1 && r.kvs[0].value.len == n &&
-                    memcmp(r.kvs[0].value.base, want, n) == 0 && r.kvs[0].mod_revision == (int64_t)a + 1;
+                    memcmp(r.kvs[0].value.base, want, n) == 0 &&
+                    r.kvs[0].mod_revision == (int64_t)a + 1;
         store_range_result_release(&r);
         if (!good) goto bad;
     }
@@ -372,8 +372,7 @@ static bool kill_check(const char *dir, uint64_t acked, uint64_t *applied_out) {
     goto out;
 bad:
     fprintf(stderr, "  inconsistent store after kill: applied %llu rev %lld last %llu\n",
-            (unsigned long long)a, (long long)store_current_revision(s),
-            (unsigned long long)last);
+            (unsigned long long)a, (long long)store_current_revision(s), (unsigned long long)last);
 out:
     store_close(s);
     return ok;

@@ -64,9 +64,9 @@ static void *m_keep(struct model *m, const void *p, size_t n) {
     return q;
 }
 
-static const char *const CAND[NKEYS] = {"a",   "a/b", "a/c", "a/c/d", "ab",  "b",  "b/x",
-                                        "b0",  "c",   "c/1", "c/2",   "c/3", "d",  "e",
-                                        "e/f", "zz",  "\x01", "\xff", "\xff\xff", "m"};
+static const char *const CAND[NKEYS] = {"a",   "a/b", "a/c",  "a/c/d", "ab",       "b", "b/x",
+                                        "b0",  "c",   "c/1",  "c/2",   "c/3",      "d", "e",
+                                        "e/f", "zz",  "\x01", "\xff",  "\xff\xff", "m"};
 
 static int cmpb(const void *a, size_t al, const void *b, size_t bl) {
     size_t n = al < bl ? al : bl;
@@ -197,7 +197,8 @@ static int m_range(const struct model *m, const struct store_range_req *q, int64
         all[k++] = *kv;
     }
     int order = q->sort_order;
-    if (q->sort_target != STORE_SORT_KEY && order == STORE_SORT_NONE) order = STORE_SORT_ASCEND;
+    if (q->sort_target != STORE_SORT_KEY && order == STORE_SORT_NONE)
+        order = STORE_SORT_ASCEND;
     else if (q->sort_target == STORE_SORT_KEY && order == STORE_SORT_ASCEND)
         order = STORE_SORT_NONE;
     if (order != STORE_SORT_NONE) {
@@ -239,9 +240,12 @@ static int m_check_txn(const struct store_txn *t, int64_t max_ops) {
             int rc = 0;
             if (op->type == STORE_OP_RANGE && op->u.range.key.len == 0) rc = STORE_EKEYEMPTY;
             if (op->type == STORE_OP_PUT) {
-                if (op->u.put.key.len == 0) rc = STORE_EKEYEMPTY;
-                else if (op->u.put.ignore_value && op->u.put.value.len) rc = STORE_EVALUEPROVIDED;
-                else if (op->u.put.ignore_lease && op->u.put.lease) rc = STORE_ELEASEPROVIDED;
+                if (op->u.put.key.len == 0)
+                    rc = STORE_EKEYEMPTY;
+                else if (op->u.put.ignore_value && op->u.put.value.len)
+                    rc = STORE_EVALUEPROVIDED;
+                else if (op->u.put.ignore_lease && op->u.put.lease)
+                    rc = STORE_ELEASEPROVIDED;
             }
             if (op->type == STORE_OP_DELETE_RANGE && op->u.delete_range.key.len == 0)
                 rc = STORE_EKEYEMPTY;
@@ -281,8 +285,7 @@ static bool dset_hit(const struct dset *d, struct store_bytes k) {
     return false;
 }
 
-static int m_intervals(const struct store_op *ops, size_t n, struct kset *puts,
-                       struct dset *dels) {
+static int m_intervals(const struct store_op *ops, size_t n, struct kset *puts, struct dset *dels) {
     for (size_t i = 0; i < n; i++)
         if (ops[i].type == STORE_OP_DELETE_RANGE) {
             dels->b[dels->n] = ops[i].u.delete_range.key;
@@ -609,12 +612,12 @@ static void m_apply(struct model *m, const struct store_request *q, struct store
 
 static char where_[256];
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "  mismatch %s: %s (line %d)\n", where_, #cond, __LINE__); \
-            return false;                                                              \
-        }                                                                              \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "  mismatch %s: %s (line %d)\n", where_, #cond, __LINE__);             \
+            return false;                                                                          \
+        }                                                                                          \
     } while (0)
 
 static bool bytes_eq(struct store_bytes a, struct store_bytes b) {
@@ -664,8 +667,7 @@ static bool txn_eq(const struct store_txn_result *a, const struct store_txn_resu
             break;
         case STORE_OP_PUT:
             CHECK(x->u.put.has_prev_kv == y->u.put.has_prev_kv);
-            if (x->u.put.has_prev_kv && !kv_eq(&x->u.put.prev_kv, &y->u.put.prev_kv))
-                return false;
+            if (x->u.put.has_prev_kv && !kv_eq(&x->u.put.prev_kv, &y->u.put.prev_kv)) return false;
             break;
         case STORE_OP_DELETE_RANGE:
             CHECK(x->u.delete_range.deleted == y->u.delete_range.deleted);
@@ -813,7 +815,7 @@ static void g_txn(struct gen *g, struct store_txn *t, int depth) {
             g_range(g, &c->key, &c->range_end);
         else
             c->key = g_key(g);
-        c->number = c->target == STORE_CMP_LEASE ? g_lease(g)
+        c->number = c->target == STORE_CMP_LEASE     ? g_lease(g)
                     : c->target == STORE_CMP_VERSION ? (int64_t)t_below(&g->rng, 4)
                                                      : g_rev(g);
         c->value = g_value(g);
@@ -891,8 +893,8 @@ static bool check_events(struct run *r) {
         if (e->type == STORE_EVENT_PUT && e->kv.mod_revision == r->m.compact) {
             /* A put its own revision superseded is compacted away with it. */
             bool superseded = false;
-            for (size_t j = i + 1; j < r->m.n_ev && r->m.ev[j].kv.mod_revision == e->kv.mod_revision;
-                 j++)
+            for (size_t j = i + 1;
+                 j < r->m.n_ev && r->m.ev[j].kv.mod_revision == e->kv.mod_revision; j++)
                 if (bytes_eq(r->m.ev[j].kv.key, e->kv.key)) superseded = true;
             if (superseded) continue;
         }
@@ -1030,8 +1032,9 @@ static bool run_seed(uint64_t seed) {
         t_free_all();
     }
     if (ok) ok = check_stores_agree(&r);
-    if (!ok) fprintf(stderr, "  model test failed: --seed %llu (step %d)\n",
-                     (unsigned long long)seed, r.step);
+    if (!ok)
+        fprintf(stderr, "  model test failed: --seed %llu (step %d)\n", (unsigned long long)seed,
+                r.step);
     t_free_all();
     t_store_close(&r.st[0]);
     t_store_close(&r.st[1]);

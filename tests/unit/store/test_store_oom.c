@@ -28,11 +28,11 @@ struct run {
     struct store_memdb *memdb;
     struct store *s;
     uint64_t index;
-    size_t n;                    /* calls made */
-    uint64_t digest[CALLS_MAX];  /* per call */
+    size_t n;                   /* calls made */
+    uint64_t digest[CALLS_MAX]; /* per call */
     int errors;
     char err[256];
-    unsigned enomem;             /* calls that failed under injection */
+    unsigned enomem; /* calls that failed under injection */
 };
 
 static uint64_t mix(uint64_t h, const void *p, size_t n) {
@@ -144,22 +144,22 @@ static void apply(struct run *r, const struct store_request *req) {
 }
 
 /* A read retried while it fails because of the injection. */
-#define READ(r, call_rc, on_ok)                                                                \
-    do {                                                                                       \
-        for (;;) {                                                                             \
-            long f_ = qfs_alloc_failed();                                                      \
-            int rc_ = (call_rc);                                                               \
-            if (rc_ != 0 && injected(f_)) {                                                    \
-                (r)->enomem++;                                                                 \
-                continue;                                                                      \
-            }                                                                                  \
-            if (rc_ != 0) {                                                                    \
-                fail(r, #call_rc);                                                             \
-                break;                                                                         \
-            }                                                                                  \
-            on_ok;                                                                             \
-            break;                                                                             \
-        }                                                                                      \
+#define READ(r, call_rc, on_ok)                                                                    \
+    do {                                                                                           \
+        for (;;) {                                                                                 \
+            long f_ = qfs_alloc_failed();                                                          \
+            int rc_ = (call_rc);                                                                   \
+            if (rc_ != 0 && injected(f_)) {                                                        \
+                (r)->enomem++;                                                                     \
+                continue;                                                                          \
+            }                                                                                      \
+            if (rc_ != 0) {                                                                        \
+                fail(r, #call_rc);                                                                 \
+                break;                                                                             \
+            }                                                                                      \
+            on_ok;                                                                                 \
+            break;                                                                                 \
+        }                                                                                          \
     } while (0)
 
 static void reads(struct run *r, int64_t old_rev) {
@@ -265,8 +265,7 @@ static void scenario(struct run *r) {
     cmp[1].result = STORE_CMP_GREATER;
     cmp[1].key = t_str("k02");
     cmp[1].number = 1;
-    struct store_op succ[3] = {t_op_put("t1", "yes"), t_op_del("k03", "k05"),
-                               t_op_range("k", "l")};
+    struct store_op succ[3] = {t_op_put("t1", "yes"), t_op_del("k03", "k05"), t_op_range("k", "l")};
     struct store_op other[2] = {t_op_put("t2", "no"), t_op_range("k00", NULL)};
     for (int i = 0; i < 2; i++) {
         if (i == 1) cmp[0].value = t_str("nope");
@@ -370,7 +369,7 @@ TEST(store_memdb_commit_is_all_or_nothing) {
     struct t_store t;
     ASSERT_EQ(t_store_open(&t, false, 0), 0);
     ASSERT_EQ(t_put(&t, "base", "v"), 0);
-    struct store_op ops[6] = {t_op_put("n1", "1"), t_op_put("n2", "2"), t_op_put("n3", "3"),
+    struct store_op ops[6] = {t_op_put("n1", "1"), t_op_put("n2", "2"),   t_op_put("n3", "3"),
                               t_op_put("n4", "4"), t_op_put("base", "w"), t_op_put("n5", "5")};
     struct store_request req = t_txn(NULL, 0, ops, 6, NULL, 0);
     void *buf;

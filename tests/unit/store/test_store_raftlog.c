@@ -7,10 +7,14 @@
  */
 #include "tests/unit/store/store_test.h"
 
-#define BOTH(name)                                                                     \
-    static void name(bool rocks);                                                      \
-    TEST(name##_mem) { name(false); }                                                  \
-    TEST(name##_rocks) { name(true); }                                                 \
+#define BOTH(name)                                                                                 \
+    static void name(bool rocks);                                                                  \
+    TEST(name##_mem) {                                                                             \
+        name(false);                                                                               \
+    }                                                                                              \
+    TEST(name##_rocks) {                                                                           \
+        name(true);                                                                                \
+    }                                                                                              \
     static void name(bool rocks)
 
 static uint64_t first_i(struct raft_storage *rs) {
