@@ -1166,11 +1166,9 @@ int fs_run(struct fs *fs) {
         goto err_session;
     }
     atomic_store(&fs->se, se);
-    if (pthread_create(&fs->inval_thread, NULL, inval_main, fs) != 0) {
-        rc = -EAGAIN;
-        goto err_threads;
-    }
-    started_inval = 1;
+    /* The replay thread first: the invalidation thread hands it every
+     * non-local change, and drops those that arrive while it is not
+     * running. */
     if (fs->opt.replay) {
         if (pthread_create(&fs->replay_thread, NULL, fs__replay_main, fs) != 0) {
             rc = -EAGAIN;
@@ -1178,6 +1176,11 @@ int fs_run(struct fs *fs) {
         }
         fs->replay_started = 1;
     }
+    if (pthread_create(&fs->inval_thread, NULL, inval_main, fs) != 0) {
+        rc = -EAGAIN;
+        goto err_threads;
+    }
+    started_inval = 1;
     if (pthread_create(&fs->work_thread, NULL, work_main, fs) != 0) {
         rc = -EAGAIN;
         goto err_threads;
