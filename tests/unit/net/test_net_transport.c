@@ -1284,7 +1284,7 @@ TEST(tls_refuses_missing_revoked_and_plain_peers) {
     struct net_member m[] = {{1, aurl}, {3, p.url}};
     ASSERT_EQ(net_transport_set_members(p.t, m, 2), 0);
     char plain[128];
-    snprintf(plain, sizeof(plain), "http://%s", a.url + strlen("https://"));
+    snprintf(plain, sizeof(plain), "http://%.100s", a.url + strlen("https://"));
     ASSERT_EQ(net_transport_add_peer(p.t, 1, plain), 0);
     /* The TLS side says why; the plain side sees its connection closed. */
     WAIT_UNTIL(a.hs_errors > 0, WAIT_MS);

@@ -55,7 +55,7 @@ static uint64_t mix_kv(uint64_t h, const struct store_kv *kv) {
 }
 
 static void fail(struct run *r, const char *what) {
-    if (r->errors++ == 0) snprintf(r->err, sizeof r->err, "call %zu: %s", r->n, what);
+    if (r->errors++ == 0) snprintf(r->err, sizeof r->err, "call %zu: %.200s", r->n, what);
 }
 
 static void record(struct run *r, uint64_t d) {
