@@ -322,35 +322,87 @@ static struct etcd *reg_take(struct api_server *api) {
 
 /* --------------------------------------------------------------- start/stop */
 
+/*
+ * etcd 3.4's gRPC interceptors (v3rpc/interceptor.go): a member that is a
+ * learner serves only Status and serializable Range; every other unary RPC
+ * and every stream (Watch, LeaseKeepAlive, and in 3.4.23 Snapshot too, as
+ * a real etcd learner answers it) gets UNAVAILABLE "etcdserver: rpc not
+ * supported for learner". The KV entries and LeaseGrant/LeaseRevoke check
+ * it themselves; the rest are guarded here.
+ */
+#define LEARNER_GUARD(entry, type)                                                     \
+    static void learner_##entry(void *ctx, struct api_call *call, const type *req) {   \
+        if (etcd__status(ctx)->learner) {                                              \
+            etcd__reply_error(call, ETCD_ELEARNERRPC);                                 \
+            return;                                                                    \
+        }                                                                              \
+        etcd__##entry(ctx, call, req);                                                 \
+    }
+LEARNER_GUARD(lease_time_to_live, Etcdserverpb__LeaseTimeToLiveRequest)
+LEARNER_GUARD(lease_leases, Etcdserverpb__LeaseLeasesRequest)
+LEARNER_GUARD(member_add, Etcdserverpb__MemberAddRequest)
+LEARNER_GUARD(member_remove, Etcdserverpb__MemberRemoveRequest)
+LEARNER_GUARD(member_update, Etcdserverpb__MemberUpdateRequest)
+LEARNER_GUARD(member_list, Etcdserverpb__MemberListRequest)
+LEARNER_GUARD(member_promote, Etcdserverpb__MemberPromoteRequest)
+LEARNER_GUARD(alarm, Etcdserverpb__AlarmRequest)
+LEARNER_GUARD(defragment, Etcdserverpb__DefragmentRequest)
+LEARNER_GUARD(hash, Etcdserverpb__HashRequest)
+LEARNER_GUARD(hash_kv, Etcdserverpb__HashKVRequest)
+LEARNER_GUARD(move_leader, Etcdserverpb__MoveLeaderRequest)
+#undef LEARNER_GUARD
+
+#define LEARNER_STREAM_GUARD(entry)                                                    \
+    static void learner_##entry(void *ctx, struct api_stream *stream) {                \
+        if (etcd__status(ctx)->learner) {                                              \
+            api_stream_close(stream, API_GRPC_UNAVAILABLE,                             \
+                             "etcdserver: rpc not supported for learner");             \
+            return;                                                                    \
+        }                                                                              \
+        etcd__##entry(ctx, stream);                                                    \
+    }
+LEARNER_STREAM_GUARD(watch_open)
+LEARNER_STREAM_GUARD(lease_keep_alive_open)
+#undef LEARNER_STREAM_GUARD
+
+static void learner_snapshot(void *ctx, struct api_stream *stream,
+                             const Etcdserverpb__SnapshotRequest *req) {
+    if (etcd__status(ctx)->learner) {
+        api_stream_close(stream, API_GRPC_UNAVAILABLE, "etcdserver: rpc not supported for learner");
+        return;
+    }
+    etcd__snapshot(ctx, stream, req);
+}
+
 static const struct api_backend backend_template = {
     .range = etcd__kv_range,
     .put = etcd__kv_put,
     .delete_range = etcd__kv_delete_range,
     .txn = etcd__kv_txn,
     .compact = etcd__kv_compact,
-    .watch_open = etcd__watch_open,
+    .watch_open = learner_watch_open,
     .watch_request = etcd__watch_request,
     .watch_end = etcd__watch_end,
     .lease_grant = etcd__lease_grant,
     .lease_revoke = etcd__lease_revoke,
-    .lease_keep_alive_open = etcd__lease_keep_alive_open,
+    .lease_keep_alive_open = learner_lease_keep_alive_open,
     .lease_keep_alive_request = etcd__lease_keep_alive_request,
     .lease_keep_alive_end = etcd__lease_keep_alive_end,
-    .lease_time_to_live = etcd__lease_time_to_live,
-    .lease_leases = etcd__lease_leases,
-    .member_add = etcd__member_add,
-    .member_remove = etcd__member_remove,
-    .member_update = etcd__member_update,
-    .member_list = etcd__member_list,
-    .member_promote = etcd__member_promote,
-    .alarm = etcd__alarm,
+    .lease_time_to_live = learner_lease_time_to_live,
+    .lease_leases = learner_lease_leases,
+    .member_add = learner_member_add,
+    .member_remove = learner_member_remove,
+    .member_update = learner_member_update,
+    .member_list = learner_member_list,
+    .member_promote = learner_member_promote,
+    .alarm = learner_alarm,
     .status = etcd__status_rpc,
-    .defragment = etcd__defragment,
-    .hash = etcd__hash,
-    .hash_kv = etcd__hash_kv,
-    .snapshot = etcd__snapshot,
+    .defragment = learner_defragment,
+    .hash = learner_hash,
+    .hash_kv = learner_hash_kv,
+    .snapshot = learner_snapshot,
     .snapshot_end = etcd__snapshot_end,
-    .move_leader = etcd__move_leader,
+    .move_leader = learner_move_leader,
     .health = etcd__health,
     .metrics = etcd__metrics,
     .stream_drained = stream_drained,
