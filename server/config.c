@@ -119,6 +119,17 @@ static const struct flag flags[] = {
      .help = "mount the key space at DIR; \"\" does not mount"},
     {.name = "mount-prefix", .arg = "KEYPREFIX", STRING(mount_prefix), .def = "/",
      .help = "key prefix shown as the mount's root"},
+    {.name = "mount-uid", .arg = "UID", STRING(mount_uid), .def = "0",
+     .help = "owner of mounted files and directories without stored metadata (keys written "
+             "through the etcd API)"},
+    {.name = "mount-gid", .arg = "GID", STRING(mount_gid), .def = "0",
+     .help = "their group"},
+    {.name = "mount-file-mode", .arg = "MODE", STRING(mount_file_mode), .def = "0644",
+     .help = "their file permissions (octal); other users read, the kernel checks modes"},
+    {.name = "mount-dir-mode", .arg = "MODE", STRING(mount_dir_mode), .def = "0755",
+     .help = "their directory permissions (octal)"},
+    {.name = "mount-nonempty", BOOL(mount_nonempty),
+     .help = "allow mounting over a directory that holds files (they are hidden meanwhile)"},
     {.name = "mount-consistency", .arg = "local|linearizable",
      CHOICE(mount_linearizable, "local", "linearizable"), .def = "local",
      .help = "open(2) reads local applied state, or is a linearizable read point"},
@@ -432,6 +443,20 @@ int server_config_parse(struct server_config *cfg, int argc, char **argv, char *
                  "--election-timeout (%u ms) must be at least twice --heartbeat-interval (%u ms)",
                  cfg->election_timeout_ms, cfg->heartbeat_interval_ms);
         return -1;
+    }
+    const char *const mount_nums[4][2] = {{"mount-uid", cfg->mount_uid},
+                                          {"mount-gid", cfg->mount_gid},
+                                          {"mount-file-mode", cfg->mount_file_mode},
+                                          {"mount-dir-mode", cfg->mount_dir_mode}};
+    for (int i = 0; i < 4; i++) {
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(mount_nums[i][1], &end, i < 2 ? 10 : 8);
+        if (errno || *end || !mount_nums[i][1][0] || v > (i < 2 ? 4294967294ul : 07777ul)) {
+            snprintf(err, errlen, "--%s: \"%s\" is not %s", mount_nums[i][0], mount_nums[i][1],
+                     i < 2 ? "a number" : "an octal mode such as 0644");
+            return -1;
+        }
     }
     if (cfg->mount_prefix[0] != '/') {
         snprintf(err, errlen, "--mount-prefix: \"%s\" must start with '/'", cfg->mount_prefix);

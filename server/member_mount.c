@@ -191,7 +191,7 @@ int member_mount_start(uv_loop_t *loop, const struct server_config *cfg,
                                                                       : 5000u);
     snprintf(maxreq, sizeof maxreq, "%" PRIu64,
              cfg->max_request_bytes ? cfg->max_request_bytes : (uint64_t)1024 * 1024);
-    char *args[32];
+    char *args[40];
     int a = 0;
     args[a++] = exe;
     args[a++] = "mount";
@@ -210,6 +210,15 @@ int member_mount_start(uv_loop_t *loop, const struct server_config *cfg,
     args[a++] = maxreq;
     args[a++] = "--mount-consistency";
     args[a++] = cfg->mount_linearizable ? "linearizable" : "local";
+    args[a++] = "--mount-uid";
+    args[a++] = (char *)cfg->mount_uid;
+    args[a++] = "--mount-gid";
+    args[a++] = (char *)cfg->mount_gid;
+    args[a++] = "--mount-file-mode";
+    args[a++] = (char *)cfg->mount_file_mode;
+    args[a++] = "--mount-dir-mode";
+    args[a++] = (char *)cfg->mount_dir_mode;
+    if (cfg->mount_nonempty) args[a++] = "--mount-nonempty";
     if (tls && cfg->cert_file[0]) {
         /* The member's own certificate verifies itself when self-signed; a
          * CA-issued one needs the CA: give the member a plain http URL. */

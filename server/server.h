@@ -47,6 +47,9 @@ struct server_config {
     char mount[1024];                    /* --mount ("" = do not mount) */
     char mount_prefix[1024];             /* --mount-prefix */
     bool mount_linearizable;             /* --mount-consistency=linearizable */
+    char mount_uid[16], mount_gid[16];   /* --mount-uid, --mount-gid (decimal) */
+    char mount_file_mode[16], mount_dir_mode[16]; /* --mount-file-mode/--mount-dir-mode */
+    bool mount_nonempty;                 /* --mount-nonempty */
     char cert_file[1024];                /* --cert-file */
     char key_file[1024];                 /* --key-file */
     bool client_cert_auth;               /* --client-cert-auth */
