@@ -25,7 +25,6 @@ LEFT_OUT=(
   net/tls.c
   server/config.c
   server/etcd_main.c
-  server/member_mount.c
   server/node.c
   server/server.h
   tests/unit/net/test_net_tls.c

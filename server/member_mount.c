@@ -171,8 +171,7 @@ int member_mount_start(uv_loop_t *loop, const struct server_config *cfg,
                 struct timespec ts = {0, 10 * 1000 * 1000};
                 nanosleep(&ts, NULL);
             }
-            logm(mm, "ended mount process %d, whose mount at %s was detached", pid,
-                 mm->mountpoint);
+            logm(mm, "ended mount process %d, whose mount at %s was detached", pid, mm->mountpoint);
         }
         fclose(f);
     }
@@ -187,8 +186,8 @@ int member_mount_start(uv_loop_t *loop, const struct server_config *cfg,
     }
     exe[el] = '\0';
     snprintf(cache, sizeof cache, "%s/mount-cache", cfg->data_dir);
-    snprintf(timeout, sizeof timeout, "%ums", cfg->request_timeout_ms ? cfg->request_timeout_ms
-                                                                      : 5000u);
+    snprintf(timeout, sizeof timeout, "%ums",
+             cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000u);
     snprintf(maxreq, sizeof maxreq, "%" PRIu64,
              cfg->max_request_bytes ? cfg->max_request_bytes : (uint64_t)1024 * 1024);
     char *args[40];
