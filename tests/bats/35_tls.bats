@@ -296,7 +296,7 @@ local_value_is() {
   [[ "$output" == *"https://127.0.0.11:2380"* ]]
   # Nothing was refused.
   ! grep -q "TLS handshake failed" "$QFS_TMP"/n*/log
-  # The peer port speaks TLS only: a plain-text HELLO is refused and logged.
+  # The peer port serves the CA-issued certificate over TLS.
   run in_ns timeout 5 openssl s_client -connect 127.0.0.11:2380 -verify_return_error \
     -CAfile "$CERTS/ca.pem" </dev/null
   [[ "$output" == *"Verification: OK"* ]]
