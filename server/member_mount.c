@@ -219,10 +219,18 @@ int member_mount_start(uv_loop_t *loop, const struct server_config *cfg,
     args[a++] = (char *)cfg->mount_dir_mode;
     if (cfg->mount_nonempty) args[a++] = "--mount-nonempty";
     if (tls && cfg->cert_file[0]) {
-        /* The member's own certificate verifies itself when self-signed; a
-         * CA-issued one needs the CA: give the member a plain http URL. */
+        /* The member's certificate verifies itself when self-signed; one a
+         * CA issued is verified by --trusted-ca-file when given. With client
+         * certificate auth the mount presents the member's own certificate.
+         * (Simplest of all: give the member a plain http URL on loopback.) */
         args[a++] = "--cacert";
-        args[a++] = (char *)cfg->cert_file;
+        args[a++] = (char *)(cfg->trusted_ca_file[0] ? cfg->trusted_ca_file : cfg->cert_file);
+        if (cfg->client_cert_auth || cfg->trusted_ca_file[0]) {
+            args[a++] = "--cert";
+            args[a++] = (char *)cfg->cert_file;
+            args[a++] = "--key";
+            args[a++] = (char *)cfg->key_file;
+        }
     }
     args[a++] = mm->mountpoint;
     args[a] = NULL;
