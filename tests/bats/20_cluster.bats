@@ -203,7 +203,10 @@ ec() { in_ns timeout 20 etcdctl --command-timeout 3s --endpoints "http://$(node_
   id=$(ec 1 member list | awk -F', ' '$3 == "n3" { print $1 }')
   # etcd promotes a learner only once it is in sync with the leader
   # ("can only promote a learner member which is in sync with leader").
-  wait_until 30 ec 1 member promote "$id" >/dev/null 2>&1 || ec 1 member promote "$id"
+  # quorumfs checks the learner's progress where the request lands, so it
+  # must land on the leader (etcd forwards it there itself).
+  promote_on_any() { ec 1 member promote "$1" >/dev/null 2>&1 || ec 2 member promote "$1" >/dev/null 2>&1; }
+  wait_until 30 promote_on_any "$id" || ec "$(cluster_leader 3)" member promote "$id"
   wait_until 10 bash -c "printf 'v\n' | dd of='$(mnt 3)/learner' status=none 2>/dev/null"
   wait_until 10 has_value "$(mnt 1)" learner v
   ! ec 3 endpoint status -w json | grep -q '"isLearner":true'

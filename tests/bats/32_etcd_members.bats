@@ -193,7 +193,10 @@ grow() {
   id3=$(cat "$QFS_TMP/n3.id")
   [ -n "$id3" ]
   # etcd promotes a learner only once it is in sync with the leader.
-  wait_until 30 ectl 1 member promote "$id3" >/dev/null 2>&1 ||
+  # quorumfs checks the learner's progress where the request lands, so it
+  # must land on the leader (etcd forwards it there itself).
+  promote_on_any() { ectl 1 member promote "$1" >/dev/null 2>&1 || ectl 2 member promote "$1" >/dev/null 2>&1; }
+  wait_until 30 promote_on_any "$id3" ||
     { ectl 1 member promote "$id3" >&2; tail -20 "$QFS_TMP/n3/log" >&2; return 1; }
   wait_healthy 3
   same_members 3 1 2 3
