@@ -454,11 +454,12 @@ differs() { ! cmp -s "$1" "$2"; }
   # The figures are shown whether the test passes or not (fd 3).
   for s in A B; do
     echo "# check perf --load=s, $(cat "$QFS_TMP/$s/kind") (side $s), exit $(cat "$QFS_TMP/perf.$s.rc"):"
-    grep -E '^(PASS|FAIL)|too (low|long|high)' "$QFS_TMP/perf.$s" | sed 's/^/#   /' ||
+    tr '\r' '\n' <"$QFS_TMP/perf.$s" | grep -E '^(PASS|FAIL)|too (low|long|high)' | sed 's/^/#   /' ||
       tail -5 "$QFS_TMP/perf.$s" | sed 's/^/#   /'
   done >&3
   for s in A B; do
-    grep -E '^(PASS|FAIL)|too (low|long|high)' "$QFS_TMP/perf.$s" |
+    # The progress bar ends in \r, not \n: the line after it may share its line.
+    tr '\r' '\n' <"$QFS_TMP/perf.$s" | grep -E '^(PASS|FAIL)|too (low|long|high)' |
       sed -E 's/[0-9]+(\.[0-9]+)?/N/g' >"$QFS_TMP/perf.$s.m"
   done
   [ "$(cat "$QFS_TMP/perf.A.rc")" = 0 ]
