@@ -339,7 +339,10 @@ local_value_is() {
     { cluster_logs 3; false; }
   run ectl 1 put /tls/auto x
   [ "$output" = OK ]
-  sleep 1
+  # Once the write has reached the other verifying member, the refused one
+  # would have it too if anything had reached it.
+  has_auto() { [ "$(ectl 2 get /tls/auto --consistency=s --print-value-only)" = x ]; }
+  wait_until 10 has_auto
   run ectl 3 get /tls/auto --consistency=s --print-value-only
   [ "$output" != x ]
 }
